@@ -1,0 +1,293 @@
+"""Typed specs: the training protocol, one run, a suite (loaded from YAML and validated).
+
+A suite file names a stream, a model, a protocol, strategies with parameters, seeds, and scale
+presets that override fields. ``load_suite`` resolves scale and ``--set`` overrides, validates
+every section against the registered dataclasses, and expands one ``RunSpec`` per
+(strategy, seed). A run's identity is the hash of its resolved config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from alma_bench.errors import UserError, unknown
+from alma_bench.registry import MODELS, STRATEGIES, STREAMS, build_dataclass
+from alma_bench.stream import AlmaSplit
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How each megabatch is trained (ALGORITHMS.md section 1). Set per suite."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: tuple[int, ...] = ()  # epochs, for multistep
+    gamma: float = 0.1
+    keep_optimizer_state: bool = False  # APP keeps it; ALMA (and the default) rebuilds it
+    patience: int | None = None  # early stopping on validation accuracy (epochs)
+    keep_best: bool = True  # end each megabatch at its best-validation epoch
+    augment: bool = False  # random crop (padding) + horizontal flip, on batched tensors
+    crop_padding: int = 4
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or null, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Separate seeds for stream split, model init, data order and strategy, from one run seed."""
+
+    run: int
+    stream: int
+    init: int
+    order: int
+    strategy: int
+
+    @classmethod
+    def derive(cls, seed: int, stream_seed: int | None = None) -> Seeds:
+        return cls(seed, stream_seed if stream_seed is not None else derive(seed, "stream"),
+                   derive(seed, "init"), derive(seed, "order"), derive(seed, "strategy"))
+
+
+def derive(seed: int, purpose: str | int, *more: int) -> int:
+    """A 31-bit seed from ``seed`` and a purpose; stable across processes and platforms."""
+    key = zlib.crc32(purpose.encode()) if isinstance(purpose, str) else int(purpose)
+    state = np.random.SeedSequence([int(seed), key, *map(int, more)]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one run, plus labels that do not change its numbers."""
+
+    suite: str
+    label: str
+    strategy: dict  # {"name": ..., "params": {...}}
+    seed: int
+    stream: dict  # {"name": ..., split fields..., source params...}
+    model: dict  # {"name": ..., params...}
+    protocol: dict
+    scale: str | None = None
+    reference: dict | None = None
+
+    def identity(self) -> dict:
+        """The fields that determine the run's numbers: hashed into its id."""
+        return {"stream": self.stream, "model": self.model, "protocol": self.protocol,
+                "strategy": self.strategy, "seed": self.seed}
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    # typed views, validated against the registries
+    def protocol_obj(self) -> Protocol:
+        return build_dataclass(Protocol, self.protocol, "protocol")
+
+    def split(self) -> AlmaSplit:
+        return split_and_source(self.stream)[0]
+
+    def seeds(self) -> Seeds:
+        return Seeds.derive(self.seed, self.stream.get("seed"))
+
+
+SPLIT_KEYS = {f.name for f in dataclasses.fields(AlmaSplit)}
+SUITE_KEYS = {"name", "description", "stream", "model", "protocol", "strategies", "seeds",
+              "scales", "references"}
+
+
+def split_and_source(stream: dict):
+    """Split a stream section into the ALMA split, the source name and the source params."""
+    s = dict(stream)
+    if "name" not in s:
+        raise UserError(f"stream section needs a 'name'. Valid: {', '.join(STREAMS.names())}")
+    name = s.pop("name")
+    s.pop("seed", None)
+    split = build_dataclass(AlmaSplit, {k: s.pop(k) for k in list(s) if k in SPLIT_KEYS}, "stream")
+    entry = STREAMS.get(name)
+    valid = set(entry.params()) | SPLIT_KEYS | {"name", "seed"}
+    bad = sorted(set(s) - set(entry.params()))
+    if bad:
+        raise UserError(f"unknown stream key(s) {', '.join(bad)} for stream '{name}'. "
+                        f"Valid: {', '.join(sorted(valid))}")
+    return split, name, s
+
+
+@dataclass
+class SuiteSpec:
+    """A validated suite: its runs and where it came from."""
+
+    name: str
+    description: str
+    runs: list[RunSpec]
+    labels: list[str]
+    seeds: list[int]
+    scale: str | None
+    scales: list[str] = field(default_factory=list)
+
+
+def suite_names() -> list[str]:
+    """Names of the suites shipped in the package."""
+    files = resources.files("alma_bench") / "suites"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_suite_file(name_or_path: str) -> dict:
+    """The raw YAML mapping of a shipped suite (by name) or a user's file (by path)."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise UserError(f"suite file not found: {path}")
+        text = path.read_text()
+    else:
+        if name_or_path not in suite_names():
+            raise unknown("suite", name_or_path, suite_names())
+        text = (resources.files("alma_bench") / "suites" / f"{name_or_path}.yaml").read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"malformed suite YAML {name_or_path}{where}: "
+                        f"{getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"suite {name_or_path} must be a YAML mapping of "
+                        f"{', '.join(sorted(SUITE_KEYS))}")
+    return raw
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_set(raw: dict, assignment: str) -> None:
+    """Apply one ``--set a.b.c=value`` (value parsed as YAML). ``strategies.<label>.<param>``
+    sets a strategy parameter."""
+    if "=" not in assignment:
+        raise UserError(f"--set expects key=value, got '{assignment}'")
+    key, _, text = assignment.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    if parts[0] not in SUITE_KEYS:
+        raise unknown("suite key", parts[0], SUITE_KEYS)
+    if parts[0] == "strategies" and len(parts) == 3:
+        for s in raw.get("strategies", []):
+            if _label(s) == parts[1]:
+                s.setdefault("params", {})[parts[2]] = value
+                return
+        raise unknown("strategy label", parts[1], [_label(s) for s in raw.get("strategies", [])])
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{p}' is not a mapping")
+    node[parts[-1]] = value
+
+
+def _label(s: Any) -> str:
+    return s if isinstance(s, str) else s.get("label", s.get("name", "?"))
+
+
+def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = (),
+               strategies: list[str] | None = None, seeds: list[int] | None = None) -> SuiteSpec:
+    """Resolve a suite by name or path into validated RunSpecs."""
+    raw = read_suite_file(name_or_path)
+    bad = sorted(set(raw) - SUITE_KEYS)
+    if bad:
+        raise UserError(f"unknown suite key(s) {', '.join(bad)} in {name_or_path}. "
+                        f"Valid: {', '.join(sorted(SUITE_KEYS))}")
+    scales = raw.get("scales") or {}
+    if scale is not None:
+        if scale not in scales:
+            raise unknown("scale", scale, scales)
+        raw = deep_merge(raw, scales[scale])
+    for s in sets:
+        apply_set(raw, s)
+    name = raw.get("name") or Path(name_or_path).stem
+    specs = raw.get("strategies")
+    if not isinstance(specs, list) or not specs:
+        raise UserError(f"suite {name} needs a non-empty list 'strategies'")
+    seed_list = seeds if seeds is not None else raw.get("seeds", [0])
+    if not isinstance(seed_list, list) or not all(isinstance(s, int) for s in seed_list):
+        raise UserError(f"seeds must be a list of integers, got {seed_list!r}")
+
+    stream = dict(raw.get("stream") or {})
+    split, source, params = split_and_source(stream)
+    STREAMS.create(source, **params)  # validate now, load later
+    stream = {"name": source, **dataclasses.asdict(split), **params,
+              **({"seed": stream["seed"]} if "seed" in stream else {})}
+    model = dict(raw.get("model") or {})
+    if "name" not in model:
+        raise UserError(f"model section needs a 'name'. Valid: {', '.join(MODELS.names())}")
+    m_name = model.pop("name")
+    model = {"name": m_name, **dataclasses.asdict(MODELS.create(m_name, **model))}
+    protocol = dataclasses.asdict(build_dataclass(Protocol, raw.get("protocol") or {}, "protocol"))
+
+    resolved = []
+    for s in specs:
+        s = {"name": s} if isinstance(s, str) else dict(s)
+        extra = sorted(set(s) - {"name", "label", "params"})
+        if extra or "name" not in s:
+            raise UserError(f"strategy entry {s!r}: keys are name, label, params")
+        obj = STRATEGIES.create(s["name"], **(s.get("params") or {}))
+        resolved.append((s.get("label", s["name"]), s["name"], dataclasses.asdict(obj)))
+    labels = [r[0] for r in resolved]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UserError(f"duplicate strategy label(s) {', '.join(dup)}: give each a 'label'")
+    if strategies:
+        for want in strategies:
+            if want not in labels:
+                raise unknown("strategy in this suite", want, labels)
+        resolved = [r for r in resolved if r[0] in strategies]
+    refs = raw.get("references") or {}
+    runs = [
+        RunSpec(suite=name, label=label, strategy={"name": sname, "params": sparams}, seed=seed,
+                stream=stream, model=model, protocol=protocol, scale=scale,
+                reference=refs.get(label))
+        for label, sname, sparams in resolved for seed in seed_list
+    ]
+    return SuiteSpec(name, raw.get("description", ""), runs, [r[0] for r in resolved],
+                     list(seed_list), scale, sorted(scales))

@@ -1,0 +1,96 @@
+"""Metrics of ALGORITHMS.md section 2: per-megabatch rows and the run summary.
+
+Density is measured on the model itself, so it is truthful for any strategy, a user's plugin
+included: where a layer has a ``weight_mask`` buffer (the mask set's), its density is the
+mask's (a regrown weight that is still exactly 0 counts as kept); elsewhere it is the share of
+non-zero weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv2d and Linear layer, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+@torch.no_grad()
+def layer_density(model: nn.Module) -> dict[str, float]:
+    """Per-layer density over the weights of prunable layers."""
+    out = {}
+    for name, m in prunable_layers(model):
+        mask = getattr(m, "weight_mask", None)
+        kept = int(mask.sum()) if mask is not None else int(torch.count_nonzero(m.weight))
+        out[name] = kept / m.weight.numel()
+    return out
+
+
+def global_density(model: nn.Module, per_layer: dict[str, float] | None = None) -> float:
+    per_layer = per_layer if per_layer is not None else layer_density(model)
+    sizes = {n: m.weight.numel() for n, m in prunable_layers(model)}
+    total = sum(sizes.values())
+    return sum(per_layer[n] * sizes[n] for n in sizes) / total if total else 1.0
+
+
+@torch.no_grad()
+def nonzero_params(model: nn.Module) -> int:
+    return int(sum(torch.count_nonzero(p) for p in model.parameters()))
+
+
+@torch.no_grad()
+def layer_flops(model: nn.Module, input_shape, device="cpu") -> tuple[int, dict[str, int]]:
+    """Dense inference FLOPs for one sample: (total, per prunable layer). Counted once per model
+    with ``FlopCounterMode`` (FLOPs = 2 x multiply-accumulates)."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((1, *input_shape), device=device)
+    with FlopCounterMode(display=False) as fc:
+        model(x)
+    model.train(was_training)
+    counts = fc.get_flop_counts()
+    total = int(sum(counts.get("Global", {}).values()))
+    root = type(model).__name__
+    per = {}
+    for name, _ in prunable_layers(model):
+        per[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
+    return total, per
+
+
+def effective_flops(total: int, per_layer: dict[str, int], density: dict[str, float]) -> float:
+    """Dense FLOPs with each prunable layer's FLOPs scaled by its density."""
+    return total - sum(f * (1.0 - density.get(n, 1.0)) for n, f in per_layer.items())
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The run summary from its megabatch rows (cer: error rate summed over evaluation points;
+    cer_count: misclassified test images summed, as APP's evaluate_cer)."""
+    last = rows[-1]
+    gaps = [r["gen_gap"] for r in rows]
+    return {
+        "final_test_acc": last["test_acc"],
+        "cer": cer(r["test_acc"] for r in rows),
+        "cer_count": int(sum(r["test_errors"] for r in rows)),
+        "mean_gen_gap": sum(gaps) / len(gaps),
+        "final_gen_gap": last["gen_gap"],
+        "final_density": last["density"],
+        "nonzero_params": last["nonzero_params"],
+        "flops_dense": last["flops_dense"],
+        "flops_effective": last["flops_effective"],
+        "train_flops": last["train_flops"],
+        "wall_time": sum(r["wall_time"] for r in rows),
+        "n_megabatches": len(rows),
+        "samples_seen": last["samples_seen"],
+    }
+
+
+def cer(test_accs) -> float:
+    """Cumulative error rate: sum over evaluation points of (1 - test accuracy)."""
+    return float(math.fsum(1.0 - a for a in test_accs))

@@ -1,0 +1,195 @@
+"""Models by name. Each builder is a frozen dataclass with ``build(input_shape, num_classes)``.
+
+Input shape and class count come from the stream, so every model runs on digits (1x8x8) as
+well as CIFAR (3x32x32): the convolutional ones end in global average pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alma_bench.registry import MODELS
+
+
+@MODELS.register("mlp")
+@dataclass(frozen=True)
+class MLP:
+    """Multi-layer perceptron on flattened pixels (hidden widths configurable)."""
+
+    hidden: tuple[int, ...] = (256, 128)
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = int(torch.tensor(input_shape).prod())
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        return nn.Sequential(*layers)
+
+
+def _conv_bn(cin, cout, stride=1):
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
+
+
+@MODELS.register("small-cnn")
+@dataclass(frozen=True)
+class SmallCNN:
+    """Three 3x3 conv-BN-ReLU blocks (16/32/64 channels, stride 2 after the first) + linear."""
+
+    width: int = 16
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        w = self.width
+        return nn.Sequential(
+            *_conv_bn(input_shape[0], w), *_conv_bn(w, 2 * w, 2), *_conv_bn(2 * w, 4 * w, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+        )
+
+
+@MODELS.register("simple-cnn")
+@dataclass(frozen=True)
+class SimpleCNN:
+    """The 5-layer CNN of the sparsity-schedule paper: 3 conv (32/64/64) + 2 linear (256)."""
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        c = input_shape[0]
+        feats = nn.Sequential(
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+        )
+        return nn.Sequential(feats, nn.Flatten(), nn.Linear(256, 256), nn.ReLU(inplace=True),
+                             nn.Linear(256, num_classes))
+
+
+class _BasicBlock(nn.Module):
+    """He et al.'s CIFAR block; option-A shortcut (strided identity, zero-padded channels)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        sc = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.pad:
+            sc = nn.functional.pad(sc, (0, 0, 0, 0, 0, self.pad))
+        return torch.relu(out + sc)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for CIFAR with 16/32/64 channels (He et al. 2016, section 4.2)."""
+
+    def __init__(self, depth: int, in_ch: int, num_classes: int):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(*_conv_bn(in_ch, 16))
+        blocks, cin = [], 16
+        for i, cout in enumerate((16, 32, 64)):
+            for j in range(n):
+                blocks.append(_BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+@MODELS.register("resnet20")
+@dataclass(frozen=True)
+class ResNet20:
+    """CIFAR ResNet-20 (0.27M parameters): small enough for CPU runs."""
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        return CifarResNet(20, input_shape[0], num_classes)
+
+
+@MODELS.register("resnet56")
+@dataclass(frozen=True)
+class ResNet56:
+    """CIFAR ResNet-56 (0.85M parameters): the standard pruning benchmark on CIFAR-10."""
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        return CifarResNet(56, input_shape[0], num_classes)
+
+
+def _torchvision_cifar(arch: str, input_shape, num_classes) -> nn.Module:
+    import torchvision
+
+    m = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    # CIFAR stem: 3x3 stride-1 first conv and no max-pool (32x32 inputs are too small for 7x7/2)
+    m.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+@MODELS.register("resnet18")
+@dataclass(frozen=True)
+class ResNet18:
+    """torchvision ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        return _torchvision_cifar("resnet18", input_shape, num_classes)
+
+
+@MODELS.register("resnet50")
+@dataclass(frozen=True)
+class ResNet50:
+    """torchvision ResNet-50 with the CIFAR stem (the APP paper's model)."""
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        return _torchvision_cifar("resnet50", input_shape, num_classes)
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation wide block (Zagoruyko & Komodakis) with a 1x1 conv shortcut on change."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                         if (cin != cout or stride != 1) else None)
+
+    def forward(self, x):
+        o = torch.relu(self.bn1(x))
+        sc = self.shortcut(o) if self.shortcut is not None else x
+        o = self.conv1(o)
+        o = self.conv2(torch.relu(self.bn2(o)))
+        return o + sc
+
+
+@MODELS.register("wrn-28-2")
+@dataclass(frozen=True)
+class WRN28_2:
+    """Wide ResNet-28-2 (1.5M parameters): the DSR paper's CIFAR-10 model."""
+
+    depth: int = 28
+    widen: int = 2
+
+    def build(self, input_shape, num_classes) -> nn.Module:
+        n = (self.depth - 4) // 6
+        widths = [16, 16 * self.widen, 32 * self.widen, 64 * self.widen]
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)]
+        cin = widths[0]
+        for i, w in enumerate(widths[1:]):
+            for j in range(n):
+                layers.append(_WideBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                   nn.Flatten(), nn.Linear(cin, num_classes)]
+        return nn.Sequential(*layers)

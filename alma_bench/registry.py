@@ -1,0 +1,220 @@
+"""One registry per kind of component (strategies, streams, models, pruners, schedules).
+
+A component is a frozen dataclass of its parameters, registered by a decorator::
+
+    @STRATEGIES.register("dense")
+    @dataclass(frozen=True)
+    class Dense:
+        '''Warm start from the previous megabatch's model.'''
+        def plugins(self, ctx): return []
+
+``create(name, **params)`` validates the parameters against the dataclass fields (unknown keys
+and ill-typed values are errors naming the valid ones). Third-party packages register through
+the entry-point group of the registry; built-in components use exactly that path too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alma_bench.errors import UserError, unknown
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered component: its name, parameter dataclass and one-line description."""
+
+    name: str
+    cls: type
+    description: str
+
+    def params(self) -> dict[str, Any]:
+        """Parameter names with their defaults (``MISSING`` for required ones)."""
+        if not dataclasses.is_dataclass(self.cls):
+            return {}
+        out = {}
+        for f in dataclasses.fields(self.cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                out[f.name] = f.default_factory()  # type: ignore[misc]
+            else:
+                out[f.name] = dataclasses.MISSING
+        return out
+
+
+class Registry:
+    """Name -> component class, filled by ``register`` and by entry points of ``group``."""
+
+    def __init__(self, kind: str, group: str | None = None):
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+        self._entry_points_loaded = group is None
+
+    def register(self, name: str, description: str | None = None):
+        """Class decorator registering ``cls`` under ``name``; a duplicate name is an error."""
+
+        def deco(cls):
+            if name in self._entries and self._entries[name].cls is not cls:
+                raise ValueError(
+                    f"duplicate {self.kind} name '{name}': already registered by "
+                    f"{self._entries[name].cls.__module__}.{self._entries[name].cls.__qualname__}"
+                )
+            doc = description or (cls.__doc__ or "").strip().splitlines()
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name, cls, text)
+            return cls
+
+        return deco
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            ep.load()  # importing the target module runs its @register decorators
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        """All entries, sorted by name."""
+        return [self._entries[n] for n in self.names()]
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``, or a UserError naming the closest valid name."""
+        self._load_entry_points()
+        if name not in self._entries:
+            raise unknown(self.kind, name, self._entries)
+        return self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def create(self, name: str, **params: Any):
+        """Instantiate ``name`` with validated parameters."""
+        entry = self.get(name)
+        return build_dataclass(entry.cls, params, f"{self.kind} '{name}'")
+
+
+def build_dataclass(cls: type, params: dict[str, Any], what: str):
+    """Construct dataclass ``cls`` from ``params``, with one-line errors for bad keys or types."""
+    params = dict(params or {})
+    if not dataclasses.is_dataclass(cls):
+        if params:
+            raise UserError(f"{what} takes no parameters, got: {', '.join(sorted(params))}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    bad = sorted(set(params) - set(fields))
+    if bad:
+        raise UserError(
+            f"unknown parameter(s) {', '.join(bad)} for {what}. "
+            f"Valid: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    hints = typing.get_type_hints(cls)
+    for key, value in list(params.items()):
+        params[key] = _coerce(value, hints.get(key, Any), f"{what} parameter '{key}'")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, what: str) -> Any:
+    """Check ``value`` against annotation ``tp``; int -> float and list -> tuple are allowed."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, what)
+            except UserError:
+                continue
+        raise UserError(f"{what} must be {_tname(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise UserError(f"{what} must be one of {', '.join(map(str, args))}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError(f"{what} must be None, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{what} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, what) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{what} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{what} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{what} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{what} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{what} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _tname(tp: Any) -> str:
+    return str(tp).replace("typing.", "")
+
+
+def load_plugin_file(path: str | Path) -> types.ModuleType:
+    """Import a single Python file (``--plugin``); its decorators register its components."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"plugin file not found: {path}")
+    name = f"alma_bench_plugin_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_modules(names: list[str]) -> None:
+    """Import modules by dotted name (plugins passed to worker processes)."""
+    for n in names:
+        if n.endswith(".py"):
+            load_plugin_file(n)
+        else:
+            importlib.import_module(n)
+
+
+STRATEGIES = Registry("strategy", "alma_bench.strategies")
+STREAMS = Registry("stream", "alma_bench.streams")
+MODELS = Registry("model", "alma_bench.models")
+PRUNERS = Registry("pruner", "alma_bench.pruners")
+SCHEDULES = Registry("schedule", "alma_bench.schedules")

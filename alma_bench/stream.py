@@ -1,0 +1,179 @@
+"""The ALMA stream (ALGORITHMS.md section 1): megabatches, validation split, replay.
+
+A seeded permutation of the training set (optionally its first ``subset`` entries) is cut into
+N equal i.i.d. megabatches with ``numpy.array_split``; each megabatch is split 90/10 into
+train/validation. The training set of megabatch t follows the replay policy. Data is held once
+as uint8 tensors; megabatches are index arrays into it, so union replay costs no copies.
+The Avalanche benchmark (``benchmark``) is built from the same tensors: experience t is
+megabatch t, so any Avalanche strategy can consume the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import torch
+
+from alma_bench.data import ImageData
+from alma_bench.errors import UserError
+
+Replay = Literal["none", "all", "fraction", "buffer"]
+
+
+@dataclass(frozen=True)
+class AlmaSplit:
+    """How a data set becomes an ALMA stream (the stream-independent part of a stream spec)."""
+
+    megabatches: int = 8
+    replay: Replay = "all"
+    replay_fraction: float = 0.5  # p for replay=fraction: each old sample survives a step w.p. p
+    buffer_size: int = 1000  # K for replay=buffer (reservoir)
+    val_fraction: float = 0.1
+    subset: int | None = None  # use the first k of the permutation (CPU-sized CIFAR runs)
+
+    def __post_init__(self):
+        if self.megabatches < 1:
+            raise ValueError(f"megabatches must be >= 1, got {self.megabatches}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.replay_fraction <= 1.0:
+            raise ValueError(f"replay_fraction must be in [0, 1], got {self.replay_fraction}")
+        if self.buffer_size < 0:
+            raise ValueError(f"buffer_size must be >= 0, got {self.buffer_size}")
+        if self.subset is not None and self.subset < self.megabatches:
+            raise ValueError(f"subset must be >= megabatches, got {self.subset}")
+
+
+@dataclass
+class Megabatch:
+    """Index arrays (into the training pool) of one megabatch t."""
+
+    new: np.ndarray  # the new training samples of megabatch t (|M_t|)
+    train: np.ndarray  # what is trained on at t: new + replay
+    val: np.ndarray  # validation: the held-out 10% of every megabatch seen so far
+
+
+def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
+    """The megabatch index arrays for a pool of ``n`` training samples."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    if split.subset is not None:
+        if split.subset > n:
+            raise UserError(f"stream subset {split.subset} exceeds the {n} training samples")
+        perm = perm[: split.subset]
+    parts = np.array_split(perm, split.megabatches)
+    out: list[Megabatch] = []
+    memory = np.empty(0, dtype=np.int64)
+    seen = 0  # samples offered to the reservoir so far
+    vals: list[np.ndarray] = []
+    for part in parts:
+        # the part is already in random order, so its head is a seeded random validation split
+        n_val = int(round(split.val_fraction * len(part)))
+        val, new = part[:n_val], part[n_val:]
+        vals.append(val)
+        if split.replay == "none":
+            train = new
+        elif split.replay == "all":
+            memory = np.concatenate([memory, new])
+            train = memory
+        elif split.replay == "fraction":
+            keep = rng.random(len(memory)) < split.replay_fraction
+            memory = np.concatenate([memory[keep], new])
+            train = memory
+        else:  # buffer: reservoir of K over everything seen, trained on with the new data
+            train = np.concatenate([memory, new])
+            memory, seen = _reservoir(memory, new, seen, split.buffer_size, rng)
+        out.append(Megabatch(new=new, train=np.asarray(train), val=np.concatenate(vals)))
+    return out
+
+
+def _reservoir(buf, new, seen, k, rng):
+    buf = list(buf)
+    for idx in new:
+        if len(buf) < k:
+            buf.append(idx)
+        else:
+            j = rng.integers(0, seen + 1)
+            if j < k:
+                buf[j] = idx
+        seen += 1
+    return np.asarray(buf, dtype=np.int64), seen
+
+
+@dataclass
+class AlmaStream:
+    """N megabatches over one ``ImageData``, plus the whole test set."""
+
+    data: ImageData
+    megabatches: list[Megabatch]
+    name: str = ""
+    _bench: object = field(default=None, repr=False)
+
+    @property
+    def n_megabatches(self) -> int:
+        return len(self.megabatches)
+
+    @property
+    def input_shape(self):
+        return self.data.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def _take(self, idx: np.ndarray):
+        i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        return self.data.train_x[i], self.data.train_y[i]
+
+    def train_set(self, t: int):
+        """(x uint8, y) trained on at megabatch t (0-based), replay included."""
+        return self._take(self.megabatches[t].train)
+
+    def new_set(self, t: int):
+        """(x uint8, y) of the new samples of megabatch t only."""
+        return self._take(self.megabatches[t].new)
+
+    def val_set(self, t: int):
+        return self._take(self.megabatches[t].val)
+
+    def test_set(self):
+        return self.data.test_x, self.data.test_y
+
+    @cached_property
+    def benchmark(self):
+        """The Avalanche benchmark (train/valid streams: one experience per megabatch; test)."""
+        from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+        from avalanche.benchmarks.utils import as_taskaware_classification_dataset
+
+        def wrap(x, y):
+            return as_taskaware_classification_dataset(_Images(x, y, self.data.mean, self.data.std))
+
+        return benchmark_from_datasets(
+            train=[wrap(*self.train_set(t)) for t in range(self.n_megabatches)],
+            valid=[wrap(*self.val_set(t)) for t in range(self.n_megabatches)],
+            test=[wrap(*self.test_set())],
+        )
+
+
+class _Images(torch.utils.data.Dataset):
+    """Per-sample view (normalised float) for Avalanche's own data loaders."""
+
+    def __init__(self, x, y, mean, std):
+        self.x, self.y = x, y
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.targets = y.tolist()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.x[i].float() / 255.0 - self.mean) / self.std, int(self.y[i])
+
+
+def build_stream(data: ImageData, split: AlmaSplit, seed: int, name: str = "") -> AlmaStream:
+    """The ALMA stream of ``data`` under ``split`` with split seed ``seed``."""
+    return AlmaStream(data, split_indices(len(data.train_y), split, seed), name=name)

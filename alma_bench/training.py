@@ -1,0 +1,194 @@
+"""The one training loop per megabatch: Avalanche's SupervisedTemplate plus core plugins.
+
+``AlmaTemplate`` changes only where the data and the optimizer come from (tensor batches of
+the ALMA stream; an optimizer rebuilt or kept per the protocol). Everything else, the LR
+schedule, best-validation selection, early stopping, step counting, and every strategy, is
+an Avalanche plugin, so strategies never copy the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+
+from alma_bench.config import Protocol, RunSpec, Seeds, derive
+from alma_bench.data import BatchLoader, Normalizer
+from alma_bench.stream import AlmaStream
+
+
+@dataclass
+class RunContext:
+    """What a strategy sees of the run: handed to ``strategy.plugins(ctx)``.
+
+    ``step`` (optimizer steps so far, over the whole stream) and ``samples_seen`` are the
+    explicit clock schedules are keyed to; ``megabatch`` is the 0-based index being trained.
+    """
+
+    spec: RunSpec
+    stream: AlmaStream
+    model: torch.nn.Module
+    protocol: Protocol
+    seeds: Seeds
+    device: torch.device
+    normalize: Normalizer
+    step: int = 0
+    samples_seen: int = 0
+    megabatch: int = 0
+    # per-epoch (train_acc, val_acc) of the current megabatch
+    epoch_log: list = field(default_factory=list)
+
+    @property
+    def n_megabatches(self) -> int:
+        return self.stream.n_megabatches
+
+    def steps_per_megabatch(self, t: int) -> int:
+        """Planned optimizer steps of megabatch t (without early stopping)."""
+        n = len(self.stream.megabatches[t].train)
+        return self.protocol.epochs * -(-n // self.protocol.batch_size)
+
+    def batches(self, x, y, batch_size=None, *, seed=0, augment=False):
+        """Normalised (x, y) batches on the device (e.g. a pruner's sample)."""
+        bs = batch_size or self.protocol.batch_size
+        loader = BatchLoader(x, y, bs, self.normalize, seed=seed, augment=augment,
+                             padding=self.protocol.crop_padding)
+        return [(xb, yb) for xb, yb, _ in loader]
+
+    @torch.no_grad()
+    def accuracy(self, x, y, model=None) -> tuple[float, int]:
+        """(accuracy, error count) of ``model`` (default: the run's) on uint8 images, eval mode."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        correct = 0
+        bs = self.protocol.eval_batch_size
+        for i in range(0, len(y), bs):
+            out = model(self.normalize(x[i : i + bs]))
+            correct += int((out.argmax(1).cpu() == y[i : i + bs]).sum())
+        model.train(was_training)
+        n = len(y)
+        return (correct / n if n else float("nan")), n - correct
+
+
+def build_optimizer(p: Protocol, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
+                               weight_decay=p.weight_decay)
+    return torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
+class AlmaTemplate(SupervisedTemplate):
+    """SupervisedTemplate fed by the ALMA stream's tensors, with the protocol's optimizer."""
+
+    def __init__(self, ctx: RunContext, plugins: list):
+        p = ctx.protocol
+        core = [ClockPlugin(ctx), LRSchedulePlugin(p), BestValidationPlugin(ctx)]
+        super().__init__(
+            model=ctx.model, optimizer=build_optimizer(p, ctx.model),
+            criterion=torch.nn.CrossEntropyLoss(), train_mb_size=p.batch_size,
+            train_epochs=p.epochs, eval_mb_size=p.eval_batch_size, device=ctx.device,
+            plugins=core + list(plugins),
+            evaluator=EvaluationPlugin(loggers=[]),  # metrics are ours; no console logger
+            eval_every=-1,
+        )
+        self.alma = ctx
+
+    def make_train_dataloader(self, **kwargs):
+        ctx = self.alma
+        t = self.experience.current_experience
+        x, y = ctx.stream.train_set(t)
+        self.dataloader = BatchLoader(
+            x, y, ctx.protocol.batch_size, ctx.normalize, seed=derive(ctx.seeds.order, t),
+            augment=ctx.protocol.augment, padding=ctx.protocol.crop_padding)
+
+    def check_model_and_optimizer(self, **kwargs):
+        # Parameters never change identity in ALMA (re-initialisation is in place), so
+        # Avalanche's parameter bookkeeping is not needed; only the state policy matters.
+        self.model = self.model.to(self.device)
+        if not self.alma.protocol.keep_optimizer_state:
+            self.optimizer = build_optimizer(self.alma.protocol, self.model)
+
+
+class ClockPlugin(SupervisedPlugin):
+    """Counts optimizer steps and samples over the whole stream (the run's clock)."""
+
+    def __init__(self, ctx: RunContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def before_training_exp(self, strategy, **kw):
+        self.ctx.megabatch = strategy.experience.current_experience
+
+    def after_update(self, strategy, **kw):
+        self.ctx.step += 1
+        self.ctx.samples_seen += len(strategy.mb_y)
+
+
+class LRSchedulePlugin(SupervisedPlugin):
+    """Restarts the LR schedule at every megabatch; steps it per epoch."""
+
+    def __init__(self, p: Protocol):
+        super().__init__()
+        self.p = p
+        self.sched = None
+
+    def before_training_exp(self, strategy, **kw):
+        for g in strategy.optimizer.param_groups:
+            g["lr"] = self.p.lr
+            g["initial_lr"] = self.p.lr
+        opt = strategy.optimizer
+        if self.p.lr_schedule == "multistep":
+            self.sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(self.p.milestones),
+                                                              self.p.gamma)
+        elif self.p.lr_schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.p.epochs)
+        else:
+            self.sched = None
+
+    def after_training_epoch(self, strategy, **kw):
+        if self.sched is not None:
+            self.sched.step()
+
+
+class BestValidationPlugin(SupervisedPlugin):
+    """Evaluates validation accuracy after each epoch; early stopping with patience; ends the
+    megabatch at the best-validation epoch (weights and mask buffers restored together)."""
+
+    def __init__(self, ctx: RunContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def before_training_exp(self, strategy, **kw):
+        self.best, self.bad, self.snapshot = -1.0, 0, None
+        self.correct = self.seen = 0
+        self.ctx.epoch_log = []
+
+    def after_training_iteration(self, strategy, **kw):
+        # running accuracy on the (augmented) training batches, for APP's per-epoch gap
+        self.correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+        self.seen += len(strategy.mb_y)
+
+    def after_training_epoch(self, strategy, **kw):
+        t = self.ctx.megabatch
+        val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(t))
+        train_acc = self.correct / max(1, self.seen)
+        self.correct = self.seen = 0
+        self.ctx.epoch_log.append((train_acc, val_acc))
+        if val_acc > self.best:
+            self.best, self.bad = val_acc, 0
+            if self.ctx.protocol.keep_best:
+                self.snapshot = copy.deepcopy(strategy.model.state_dict())
+        else:
+            self.bad += 1
+            if self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience:
+                strategy.stop_training()
+
+    def after_training_exp(self, strategy, **kw):
+        if self.snapshot is not None:
+            strategy.model.load_state_dict(self.snapshot)
+            self.snapshot = None

@@ -1,0 +1,96 @@
+"""A root with ``train/<class>/`` and ``test/<class>/`` image folders, decoded once and cached.
+
+The first start decodes every file (threads; torchvision's decoder releases the GIL) and stores
+the uint8 tensors in the cache, keyed by the root's path and the names, sizes and mtimes of
+its files, so a second start only stats the files and loads one tensor file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alma_bench.data import ImageData
+from alma_bench.errors import UserError
+from alma_bench.registry import STREAMS
+from alma_bench.streams._common import cache_dir, channel_stats
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+def _listing(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    files = []
+    for ci, c in enumerate(classes):
+        d = split_dir / c
+        if not d.is_dir():
+            continue
+        for e in sorted(os.scandir(d), key=lambda e: e.name):
+            if Path(e.name).suffix.lower() in EXTENSIONS:
+                files.append((e.path, ci))
+    return files
+
+
+def _key(root: Path, files: list[tuple[str, int]]) -> str:
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for path, ci in files:
+        st = os.stat(path)
+        h.update(f"{path}|{ci}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode(files: list[tuple[str, int]], threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    def one(path):
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        images = list(pool.map(one, [p for p, _ in files], chunksize=256))
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) > 1:
+        raise UserError(f"images differ in size ({sorted(shapes)[:3]}...); resize them first")
+    return torch.stack(images), torch.tensor([c for _, c in files], dtype=torch.long)
+
+
+@STREAMS.register("imagefolder")
+@dataclass(frozen=True)
+class ImageFolder:
+    """Images in class folders under data_root/train and data_root/test (e.g. CIFAR-10 JPEGs)."""
+
+    data_root: str = ""
+    threads: int = 4
+
+    def load(self) -> ImageData:
+        if not self.data_root:
+            raise UserError("stream 'imagefolder' needs stream.data_root=<dir with train/ test/>")
+        root = Path(self.data_root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data root does not exist: {root}")
+        for split in ("train", "test"):
+            if not (root / split).is_dir():
+                raise UserError(f"data root {root} has no '{split}/' folder of class folders")
+        classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
+        if not classes:
+            raise UserError(f"{root / 'train'} holds no class folders")
+        train_files = _listing(root / "train", classes)
+        test_files = _listing(root / "test", classes)
+        key = _key(root, train_files + test_files)
+        path = cache_dir() / "imagefolder" / f"{key}.pt"
+        if path.exists():
+            blob = torch.load(path, weights_only=True)
+        else:
+            tx, ty = _decode(train_files, self.threads)
+            vx, vy = _decode(test_files, self.threads)
+            mean, std = channel_stats(tx)
+            blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy, "mean": mean, "std": std}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(blob, tmp)
+            os.replace(tmp, path)  # atomic: a concurrent or killed decode never leaves half a file
+        return ImageData(blob["tx"], blob["ty"], blob["vx"], blob["vy"], tuple(blob["mean"]),
+                         tuple(blob["std"]), classes)
