@@ -88,7 +88,8 @@ def _figures(res: Results, suite: str, out: Path, prefix: str, look: dict) -> li
         written.append((title, _save(fig, out / f"{prefix}{name}.png")))
     layers = res.layer_density[res.layer_density["suite"] == suite]
     for label in sorted(layers["label"].dropna().astype(str).unique()):
-        fig = _heatmap(layers[layers["label"] == label], f"Per-layer density (seed mean): {label}{tag}")
+        title = f"Per-layer density (seed mean): {label}{tag}"
+        fig = _heatmap(layers[layers["label"] == label], title)
         path = out / f"{prefix}layer_density_{_slug(label)}.png"
         written.append((f"Per-layer density: {label}", _save(fig, path)))
     return written
@@ -151,17 +152,19 @@ def _tradeoff(runs: pd.DataFrame, title: str, look: dict) -> Figure:
                               "effective inference FLOPs"], strict=True):
         points = data.dropna(subset=["acc", x])
         if points.empty:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            _no_data(fig, ax, "", "a final accuracy and " + xlabel.split(" (")[0])
         else:
             sns.scatterplot(data=points, x=x, y="acc", hue="label", style="label",
                             hue_order=order, style_order=order, s=70, ax=ax, **look)
-        ax.set(xlabel=xlabel, ylabel="final test accuracy (%)")
+        ax.set(xlabel=xlabel, ylabel="")
+    axes[0].set_ylabel("final test accuracy (%)")
     if axes[0].get_legend() and axes[1].get_legend():
         axes[0].get_legend().remove()  # one shared legend, at the right
-    flops = data["flops_effective"].dropna()
-    if len(flops) and flops.min() > 0 and flops.max() / flops.min() > 20:
-        axes[1].set_xscale("log")  # sparse and dense runs differ by orders of magnitude
-    axes[1].xaxis.set_major_formatter(EngFormatter())
+    flops = data.dropna(subset=["acc"])["flops_effective"].dropna()
+    if len(flops):
+        if flops.min() > 0 and flops.max() / flops.min() > 20:
+            axes[1].set_xscale("log")  # sparse and dense runs differ by orders of magnitude
+        axes[1].xaxis.set_major_formatter(EngFormatter())
     fig.suptitle(title)
     return fig
 
@@ -184,7 +187,7 @@ def _heatmap(layers: pd.DataFrame, title: str) -> Figure:
 
 def _no_data(fig: Figure, ax, title: str, metric: str) -> Figure:
     # Keep the file set stable for readers and tools: an empty figure says why it is empty.
-    ax.text(0.5, 0.5, f"no run recorded {metric}", ha="center", va="center",
+    ax.text(0.5, 0.5, f"no run has recorded\n{metric} yet", ha="center", va="center",
             transform=ax.transAxes)
     ax.set(title=title, xticks=[], yticks=[])
     return fig

@@ -1,7 +1,5 @@
 """Invariant tests for the mask set, pruners and density schedules."""
 
-from __future__ import annotations
-
 import copy
 import itertools
 import math
@@ -37,6 +35,7 @@ def batches(n: int = 2, seed: int = 1, size: int = 8):
 
 
 def train(model, ms, opt, steps, data, masked=True):
+    """SGD steps as the training plugins do them: mask_grads after backward, apply after step."""
     model.train()
     for i in range(steps):
         x, y = data[i % len(data)]
@@ -53,19 +52,11 @@ def subset(new, old):
     return all(not bool((new[n] & ~old[n]).any()) for n in old)
 
 
-def clone(masks):
-    return {n: m.clone() for n, m in masks.items()}
-
-
-def magnitudes(ms):
-    return PRUNERS.create("magnitude").scores(ms.model, ms, None)
-
-
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("scope,dist", SCOPES)
 def test_prune_to_density_is_exact(density, scope, dist):
     ms = MaskSet(net())
-    ms.prune_to(density, magnitudes(ms), scope=scope, distribution=dist)
+    prune(ms.model, ms, PRUNERS.create("magnitude", scope=scope, distribution=dist), density)
     n = ms.numel()
     if scope == "global":
         assert ms.kept() == round(density * n) and ms.density() == round(density * n) / n
@@ -74,113 +65,80 @@ def test_prune_to_density_is_exact(density, scope, dist):
         for name, m in ms.masks.items():
             assert int(m.sum()) == round(targets[name] * m.numel())
         assert abs(ms.kept() - density * n) <= len(ms.names) / 2 + 1e-6
-    for name, w in ms.weights.items():
-        assert bool((w[~ms.masks[name]] == 0).all())
+    assert all(bool((w[~ms.masks[n]] == 0).all()) for n, w in ms.weights.items())
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_ties_and_seeds_are_exact_and_deterministic(scope):
-    results = []
+def test_ties_odd_scores_and_seeds_are_exact_and_deterministic(scope):
+    runs = []
     for _ in range(2):
         ms = MaskSet(net())
-        ones = {n: torch.ones_like(w) for n, w in ms.weights.items()}
-        for d in [0.37, 0.2]:
-            ms.prune_to(d, ones, scope=scope)
-        if scope == "global":
-            assert ms.kept() == round(0.2 * ms.numel())
-        else:  # a tie goes to the lower flat index
-            for m in ms.masks.values():
-                k = round(0.2 * m.numel())
-                assert bool(m.view(-1)[:k].all()) and not bool(m.view(-1)[k:].any())
-        results.append(clone(ms.masks))
+        ms.prune_to(0.37, {n: torch.ones_like(w) for n, w in ms.weights.items()}, scope=scope)
+        assert scope == "layer" or ms.kept() == round(0.37 * ms.numel())
+        for m in ms.masks.values() if scope == "layer" else []:  # ties go to the lower index
+            k = round(0.37 * m.numel())
+            assert bool(m.view(-1)[:k].all()) and not bool(m.view(-1)[k:].any())
+        # Scores favouring pruned weights (+inf there, NaN on survivors) must still nest.
+        old = copy.deepcopy(ms.masks)
+        adverse = {n: torch.where(m, float("nan"), float("inf")) for n, m in old.items()}
+        ms.prune_to(0.2, adverse, scope=scope)
+        assert subset(ms.masks, old) and (scope == "layer" or ms.kept() == round(0.2 * ms.numel()))
+        with pytest.raises(UserError, match="only shrinks"):
+            ms.prune_to(0.6, adverse, scope=scope)
         gen = torch.Generator().manual_seed(9)
         prune(ms.model, ms, PRUNERS.create("random", scope=scope), 0.1, generator=gen)
-        results.append(clone(ms.masks))
-    for a, b in [(0, 2), (1, 3)]:
-        assert all(torch.equal(results[a][n], results[b][n]) for n in results[a])
-
-
-def test_masked_positions_are_never_kept():
-    """Scores that favour pruned weights (+inf there, NaN on the survivors) still nest."""
-    ms = MaskSet(net())
-    prune(ms.model, ms, PRUNERS.create("random"), 0.5, generator=torch.Generator().manual_seed(0))
-    old = clone(ms.masks)
-    adverse = {n: torch.where(m, float("nan"), float("inf")) for n, m in ms.masks.items()}
-    ms.prune_to(0.3, adverse)
-    assert subset(ms.masks, old) and ms.kept() == round(0.3 * ms.numel())
-    with pytest.raises(UserError, match="only shrinks"):
-        ms.prune_to(0.6, adverse)
+        runs.append(copy.deepcopy(ms.masks))
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in ms.names)
 
 
 @pytest.mark.parametrize("name", ["magnitude", "random", "snip"])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_successive_prunes_nest(name, scope):
-    model = net()
-    ms = MaskSet(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    data, gen = batches(), torch.Generator().manual_seed(3)
-    pruner = PRUNERS.create(name, scope=scope)
-    for d in [0.9, 0.7, 0.5, 0.3, 0.1]:
-        old = clone(ms.masks)
-        prune(model, ms, pruner, d, batches=data, generator=gen, optimizer=opt)
-        assert subset(ms.masks, old)
-        assert scope == "layer" or ms.kept() == round(d * ms.numel())
-        train(model, ms, opt, 2, data)  # weights move between prunes, as in a real stream
-
-
-def test_app_schedule_values_and_nesting():
+def test_successive_prunes_nest_along_the_app_schedule(name, scope):
     ds = app_densities(8, tau=4.5)
     assert ds == pytest.approx([0.800, 0.716, 0.640, 0.572, 0.512, 0.458, 0.410, 0.366], abs=1e-3)
     geo = SCHEDULES.create("geometric")
-    assert [geo.density(t / 7, 1.0, 0.0) for t in range(8)] == pytest.approx(ds, abs=1e-12)
+    assert [geo.density(t / 7) for t in range(8)] == pytest.approx(ds, abs=1e-12)
     assert app_densities(1) == [0.8]
-    ms = MaskSet(net())
-    for d in ds:
-        old = clone(ms.masks)
-        prune(ms.model, ms, PRUNERS.create("snip"), d, batches=batches())
-        assert subset(ms.masks, old) and ms.density() == round(d * ms.numel()) / ms.numel()
+    ms, data, gen = MaskSet(model := net()), batches(), torch.Generator().manual_seed(3)
+    opt, pruner = torch.optim.SGD(model.parameters(), 0.05, 0.9), PRUNERS.create(name, scope=scope)
+    for d in [*ds, 0.1]:
+        old = copy.deepcopy(ms.masks)
+        prune(model, ms, pruner, d, batches=data, generator=gen, optimizer=opt)
+        assert subset(ms.masks, old)
+        assert scope == "layer" or ms.density() == round(d * ms.numel()) / ms.numel()
+        train(model, ms, opt, 2, data)  # weights move between prunes, as in a real stream
 
 
 def test_masked_weights_and_grads_stay_zero_under_sgd_momentum_and_weight_decay():
-    model = net()
-    ms = MaskSet(model)
+    ms = MaskSet(model := net())
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    data = batches(3)
-    train(model, ms, opt, 5, data, masked=False)  # builds momentum everywhere
+    train(model, ms, opt, 5, batches(3), masked=False)  # builds momentum everywhere
     prune(model, ms, PRUNERS.create("magnitude"), 0.3)  # no optimizer: stale momentum remains
-    name = ms.names[1]
-    buf = opt.state[ms.weights[name]]["momentum_buffer"]
-    assert bool((buf[~ms.masks[name]] != 0).any())  # so without apply() weights would move
-    for _ in range(20):
-        train(model, ms, opt, 1, data)
-        for n, w in ms.weights.items():
-            assert bool((w[~ms.masks[n]] == 0).all()) and bool((w.grad[~ms.masks[n]] == 0).all())
+    buf, mask = opt.state[ms.weights["3"]]["momentum_buffer"], ms.masks["3"]
+    assert bool((buf[~mask] != 0).any())  # so without apply() masked weights would move
+    train(model, ms, opt, 20, batches(3))
+    for n, w in ms.weights.items():
+        assert bool((w[~ms.masks[n]] == 0).all()) and bool((w.grad[~ms.masks[n]] == 0).all())
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam", "amsgrad"])
 def test_update_zeroes_optimizer_state_only_where_masks_change(kind):
-    model = net()
-    ms = MaskSet(model)
-    params = model.parameters()
-    if kind == "sgd":
-        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    else:
-        opt = torch.optim.Adam(params, lr=1e-3, amsgrad=kind == "amsgrad")
+    ms = MaskSet(model := net())
+    sgd, amsg, params = kind == "sgd", kind == "amsgrad", model.parameters()
+    opt = torch.optim.SGD(params, 0.1, 0.9) if sgd else torch.optim.Adam(params, 1e-3, amsgrad=amsg)
     data, gen = batches(), torch.Generator().manual_seed(0)
     train(model, ms, opt, 3, data)
     prune(model, ms, PRUNERS.create("magnitude"), 0.5, optimizer=opt)
     train(model, ms, opt, 3, data)  # state is nonzero again at kept positions
-    old = clone(ms.masks)
+    old = copy.deepcopy(ms.masks)
     # Drop ~30% of the kept weights and regrow 5 formerly pruned ones per layer.
     dropped = {n: m & (torch.rand(m.shape, generator=gen) > 0.3) for n, m in old.items()}
     new = {n: dropped[n] | (ms.regrow_random(n, 5, gen) & ~old[n]) for n in old}
-    with torch.no_grad():  # a stale value at a pruned position must not survive regrowth
-        for n, w in ms.weights.items():
-            w[new[n] & ~old[n]] = 1.0
+    for n, w in ms.weights.items():  # a stale value at a pruned position must not survive
+        w.data[new[n] & ~old[n]] = 1.0
     before = {n: {k: v.clone() for k, v in opt.state[w].items()} for n, w in ms.weights.items()}
     ms.update(new, optimizer=opt)
-    keys = {"sgd": ["momentum_buffer"], "adam": ["exp_avg", "exp_avg_sq"],
-            "amsgrad": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]}[kind]  # fmt: skip
+    keys = ["momentum_buffer"] if sgd else ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * amsg
     for n, w in ms.weights.items():
         changed = old[n] ^ new[n]
         assert bool(changed.any()) and torch.equal(ms.masks[n], new[n])
@@ -193,19 +151,15 @@ def test_update_zeroes_optimizer_state_only_where_masks_change(kind):
 
 
 def test_snip_matches_definition_and_leaves_the_model_untouched():
-    model = net()
-    ms = MaskSet(model)
+    ms = MaskSet(model := net())
     train(model, ms, torch.optim.SGD(model.parameters(), lr=0.1), 2, batches())
-    ms.prune_to(0.5, magnitudes(ms))
+    prune(model, ms, PRUNERS.create("magnitude"), 0.5)
     for i, p in enumerate(model.parameters()):
         p.grad = torch.full_like(p, 0.5 + i)
     model.eval()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    grads = [p.grad.clone() for p in model.parameters()]
-    data = batches(3, seed=7)
-    scores = PRUNERS.create("snip").scores(model, ms, data)
-    assert not model.training
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    state, grads = copy.deepcopy(model.state_dict()), [p.grad.clone() for p in model.parameters()]
+    scores = PRUNERS.create("snip").scores(model, ms, data := batches(3, seed=7))
+    assert not model.training and all(v.equal(state[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     ref = copy.deepcopy(model).train()  # train-mode BN, gradients summed before the abs
     ref.zero_grad()
@@ -222,8 +176,8 @@ def test_erk_densities():
     numel = {n: math.prod(s) for n, s in shapes.items()}
     for density in [0.05, 0.1, 0.3, 0.5, 0.9]:
         d = erk_densities(shapes, density)
-        kept = sum(d[n] * numel[n] for n in shapes)
-        assert kept == pytest.approx(density * sum(numel.values()), rel=1e-9)
+        kept, target = sum(d[n] * numel[n] for n in shapes), density * sum(numel.values())
+        assert kept == pytest.approx(target, rel=1e-9)
         assert all(0 < v <= 1 for v in d.values())
         assert d["c1"] >= d["c2"] > d["c3"] or d["c2"] == 1.0  # larger layers are sparser
     assert erk_densities(shapes, 0.9)["c1"] == 1.0  # made dense, scale re-solved
@@ -235,8 +189,8 @@ def test_schedules_endpoints_and_monotone(name):
     s, initial, final = SCHEDULES.create(name), 1.0, 0.1
     assert s.density(1.0, initial, final) == pytest.approx(final)
     assert s.density(0.0, initial, final) == pytest.approx(final if name == "constant" else initial)
-    assert s.density(-0.5, initial, final) == s.density(0.0, initial, final)  # clamped
-    assert s.density(1.5, initial, final) == s.density(1.0, initial, final)
+    clamped = [s.density(p, initial, final) for p in (-0.5, 0.0, 1.0, 1.5)]
+    assert clamped[0] == clamped[1] and clamped[2] == clamped[3]
     values = [s.density(i / 100, initial, final) for i in range(101)]
     assert all(a >= b for a, b in itertools.pairwise(values))
     assert all(final - 1e-12 <= v <= initial + 1e-12 for v in values)
@@ -245,18 +199,15 @@ def test_schedules_endpoints_and_monotone(name):
 
 
 def test_state_dict_carries_masks_and_dense_layers_stay_dense():
-    model = net()
-    ms = MaskSet(model, prune_first=False, prune_last=False)
+    ms = MaskSet(model := net(), prune_first=False, prune_last=False)
     assert ms.dense_layers == ["0", "11"] and ms.names == ["3", "6"]
     assert MaskSet(net()).dense_layers == []
     first = model[0].weight.detach().clone()
     prune(model, ms, PRUNERS.create("magnitude", scope="layer", distribution="erk"), 0.3)
     assert torch.equal(model[0].weight, first)
     assert all("weight_mask" not in dict(model[i].named_buffers()) for i in (0, 11))
-    sd = model.state_dict()
-    assert {f"{n}.weight_mask" for n in ms.names} <= set(sd)
-    fresh = net(seed=5)
-    ms2 = MaskSet(fresh, prune_first=False, prune_last=False)
+    assert {f"{n}.weight_mask" for n in ms.names} <= set(sd := model.state_dict())
+    ms2 = MaskSet(fresh := net(seed=5), prune_first=False, prune_last=False)
     fresh.load_state_dict(sd)
     assert ms2.density() == ms.density() and ms2.layer_density() == ms.layer_density()
     assert all(torch.equal(ms2.masks[n], ms.masks[n]) for n in ms.names)
@@ -273,11 +224,9 @@ def test_registry_and_bad_parameters():
         with pytest.raises(UserError, match="density must be in"):
             check_density(bad)
         with pytest.raises(UserError, match="density must be in"):
-            ms.prune_to(bad, magnitudes(ms))
+            prune(ms.model, ms, PRUNERS.create("magnitude"), bad)
     assert {"magnitude", "random", "snip"} <= set(PRUNERS.names())
-    schedules = {"constant", "linear", "quadratic", "cubic", "cosine", "geometric"}
-    assert schedules <= set(SCHEDULES.names())
-    assert PRUNERS.create("snip", scope="layer").scope == "layer"
+    assert set("constant linear quadratic cubic cosine geometric".split()) <= {*SCHEDULES.names()}
     for params in [{"scope": "row"}, {"distribution": "erk"}, {"distribution": "normal"}]:
         with pytest.raises(UserError):
             PRUNERS.create("magnitude", **params)
@@ -290,9 +239,8 @@ def test_registry_and_bad_parameters():
 def test_regrow_random_is_pure_and_exact():
     ms = MaskSet(net())
     prune(ms.model, ms, PRUNERS.create("magnitude"), 0.3)
-    name = ms.names[1]
-    mask, exclude = ms.masks[name].clone(), torch.zeros_like(ms.masks[name])
-    exclude.view(-1)[: mask.numel() // 2] = True
+    name, mask = "3", ms.masks["3"].clone()
+    exclude = torch.arange(mask.numel()).view(mask.shape) < mask.numel() // 2
     a, b = (ms.regrow_random(name, 40, torch.Generator().manual_seed(1), exclude) for _ in "ab")
     assert torch.equal(a, b) and torch.equal(ms.masks[name], mask)  # deterministic, no side effect
     grown = a & ~mask

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic suite that trains in about a second per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+# Tiny models run fastest on one thread, and OpenMP threads that spin-wait on a shared 2-core
+# machine can be 50x slower; tests (and their subprocesses) use one.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+TINY = {
+    "name": "tiny",
+    "description": "tiny synthetic suite for tests",
+    "stream": {"name": "synthetic", "n_train": 240, "n_test": 64, "classes": 3, "size": 8,
+               "megabatches": 4, "replay": "all"},
+    "model": {"name": "small-cnn", "width": 4},
+    "protocol": {"epochs": 2, "batch_size": 32, "lr": 0.05, "eval_batch_size": 256},
+    "strategies": [{"name": "dense"}],
+    "seeds": [0],
+}
+
+
+def write_suite(path: Path, **over) -> Path:
+    """Write the tiny suite with top-level fields replaced by ``over``."""
+    suite = {**TINY, **over}
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_suite(tmp_path) -> Path:
+    return write_suite(tmp_path / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # decoded-data caches go to a per-session temp dir, never the user's home
+    monkeypatch.setenv("ALMA_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))

@@ -1,0 +1,103 @@
+"""The CLI: listings, dry runs, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import TINY, write_suite
+
+from alma_bench.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_kinds(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and re.search(r"^quickstart\s+\S", out, re.M)
+    code, out, _ = run_cli(capsys, "list", "strategies")
+    assert re.search(r"^dense\s+Dense warm start", out, re.M)
+    code, out, _ = run_cli(capsys, "list", "streams")
+    assert re.search(r"^synthetic .*\n\s+n_train=512", out, re.M)
+
+
+def test_dry_run_prints_runs_without_training(capsys, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", strategies=["dense", "scratch"], seeds=[0, 1])
+    code, out, _ = run_cli(capsys, "run", str(suite), "--dry-run", "--out", str(tmp_path / "o"))
+    assert code == 0 and "4 runs of suite 'tiny'" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_quickstart_suite_has_every_builtin_strategy(capsys):
+    from alma_bench.registry import STRATEGIES
+
+    code, out, _ = run_cli(capsys, "run", "quickstart", "--dry-run")
+    names = set(re.findall(r"'name': '([\w-]+)'", out))
+    assert names == set(STRATEGIES.names()) - {"slow-dense", "shrink-perturb"}
+    assert f"{3 * len(names)}" in out.splitlines()[-1]  # 3 seeds each
+
+
+BAD = [
+    (["run", "quickstrat"], r"unknown suite 'quickstrat'\. Did you mean 'quickstart'\? Valid: "),
+    (["run", "quickstart", "--strategies", "dens"],
+     r"unknown strategy in this suite 'dens'\. Did you mean 'dense'"),
+    (["run", "quickstart", "--scale", "huge"], r"unknown scale 'huge'.*Valid: .*smoke"),
+    (["run", "quickstart", "--set", "stream.name=cifar11"],
+     r"unknown stream 'cifar11'\. Did you mean 'cifar10'"),
+    (["run", "quickstart", "--set", "model.name=resnet"], r"unknown model 'resnet'"),
+    (["run", "quickstart", "--set", "protocol.epochs=0"], r"protocol: epochs must be >= 1"),
+    (["run", "quickstart", "--set", "protocol.lr=fast"], r"'lr' must be a number, got 'fast'"),
+    (["run", "quickstart", "--set", "protocol.epoch=3"],
+     r"unknown parameter\(s\) epoch for protocol\. Valid: .*epochs"),
+    (["run", "quickstart", "--set", "strem.name=x"], r"unknown suite key 'strem'.*Did you mean"),
+    (["run", "quickstart", "--set", "stream.megabatches=0"], r"megabatches must be >= 1"),
+    (["run", "quickstart", "--set", "stream.bogus=1"],
+     r"unknown stream key\(s\) bogus for stream 'digits'\. Valid: "),
+    (["run", "quickstart", "--seeds", "a,b"], r"--seeds must be comma-separated integers"),
+    (["run", "quickstart", "--device", "tpu"], r"unknown device 'tpu'"),
+    (["run", "quickstart", "--plugin", "nope.py"], r"plugin file not found: nope\.py"),
+    (["list", "strategies", "--plugin", "nope.py"], r"plugin file not found"),
+    (["show", "/nonexistent/results"], r"/nonexistent/results"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a[1:3]) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, message):
+    code, _, err = run_cli(capsys, *args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("alma-bench: error: ")
+    assert re.search(message, err), err
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstream: {name: digits\nmodel: [\n")
+    code, _, err = run_cli(capsys, "run", str(bad))
+    assert code == 2 and re.search(r"malformed suite YAML .*bad\.yaml at line \d+", err)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- a\n- b\n")
+    code, _, err = run_cli(capsys, "run", str(notmap))
+    assert code == 2 and "must be a YAML mapping" in err
+    unknown_key = write_suite(tmp_path / "k.yaml", protocl={"epochs": 1})
+    code, _, err = run_cli(capsys, "run", str(unknown_key))
+    assert code == 2 and "unknown suite key(s) protocl" in err
+
+
+def test_missing_data_root(capsys, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", stream={
+        "name": "imagefolder", "data_root": str(tmp_path / "missing"), "megabatches": 2})
+    code, _, err = run_cli(capsys, "run", str(suite), "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2 and f"data root does not exist: {tmp_path / 'missing'}" in err
+
+
+def test_strategy_param_override_and_label_errors(capsys, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", strategies=[{"name": "dense"}, {"name": "dense"}])
+    code, _, err = run_cli(capsys, "run", str(suite), "--dry-run")
+    assert code == 2 and "duplicate strategy label(s) dense" in err
+    suite = write_suite(tmp_path / "t.yaml", stream={**TINY["stream"]})
+    code, _, err = run_cli(capsys, "run", str(suite), "--set", "strategies.nope.x=1")
+    assert code == 2 and "unknown strategy label 'nope'" in err
