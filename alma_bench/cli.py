@@ -1,4 +1,4 @@
-"""alma-bench command line: list | run | show | report.
+"""alma-bench command line: list | run | show | report | perf.
 
 Heavy imports (torch, Avalanche) happen inside the commands that need them, so ``list`` and
 errors answer fast. Every user error prints one line and exits with code 2.
@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="results directory (default: results)")
     r.add_argument("--plugin", action="append", metavar="FILE", help="load a plugin file")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    r.add_argument("--workers", type=int, default=1, help="parallel runs (process pool)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="parallel runs in a process pool (default: one per CPU core, at most "
+                        "one per run; each gets cores/workers torch threads)")
     r.add_argument("--executor", choices=("local", "ray"), default="local")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -71,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results")
     rep.add_argument("--out", default=None, help="output directory (default RESULTS/report)")
     rep.set_defaults(func=cmd_report)
+
+    pf = sub.add_parser("perf", help="measure the harness against a bare PyTorch loop")
+    from alma_bench.perf import configure_parser
+
+    configure_parser(pf)
     return p
 
 
@@ -111,7 +118,7 @@ def cmd_run(args) -> int:
     from alma_bench.config import load_suite
     from alma_bench.store import RunDir
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     strategies = args.strategies.split(",") if args.strategies else None
     suite = load_suite(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"))
@@ -171,14 +178,24 @@ def _execute(todo, args, out):
     try:
         if args.executor == "ray":
             run_ray(todo, job, args.ray_address, on_done=on_done)
-        elif args.workers > 1:
-            run_pool(todo, job, args.workers, on_done=on_done)
+        elif (workers := _workers(args.workers, len(todo))) > 1:
+            run_pool(todo, job, workers, on_done=on_done)
         else:
             run_serial(todo, job, on_done=on_done, on_megabatch=on_megabatch)
     finally:
         if mb_bar is not None:
             mb_bar.close()
         runs_bar.close()
+
+
+def _workers(requested: int | None, n_runs: int) -> int:
+    """Small models train faster as parallel one-thread runs than as one multi-thread run
+    (measured: see reports/perf.md), so a grid uses every core by default."""
+    import os
+
+    if requested is not None:
+        return requested
+    return max(1, min(os.cpu_count() or 1, n_runs))
 
 
 def cmd_show(args) -> int:

@@ -3,7 +3,8 @@
 Density is measured on the model itself, so it is truthful for any strategy, a user's plugin
 included: where a layer has a ``weight_mask`` buffer (the mask set's), its density is the
 mask's (a regrown weight that is still exactly 0 counts as kept); elsewhere it is the share of
-non-zero weights.
+non-zero weights. Global density is over the masked layers when there are any (the layers a
+strategy leaves dense, e.g. APP's classifier, show in ``layer_density`` at 1.0).
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ def layer_density(model: nn.Module) -> dict[str, float]:
 
 
 def global_density(model: nn.Module, per_layer: dict[str, float] | None = None) -> float:
+    """Density over the prunable weights: the masked layers where a strategy holds masks (its
+    dense layers are recorded in ``layer_density``), else every Conv2d and Linear weight."""
     per_layer = per_layer if per_layer is not None else layer_density(model)
-    sizes = {n: m.weight.numel() for n, m in prunable_layers(model)}
+    layers = prunable_layers(model)
+    masked = [(n, m) for n, m in layers if getattr(m, "weight_mask", None) is not None]
+    sizes = {n: m.weight.numel() for n, m in (masked or layers)}
     total = sum(sizes.values())
     return sum(per_layer[n] * sizes[n] for n in sizes) / total if total else 1.0
 

@@ -131,7 +131,7 @@ def build_dataclass(cls: type, params: dict[str, Any], what: str):
         params[key] = _coerce(value, hints.get(key, Any), f"{what} parameter '{key}'")
     try:
         return cls(**params)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{what}: {e}") from None
 
 

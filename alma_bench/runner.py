@@ -102,7 +102,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
                      Normalizer(data.mean, data.std, dev, channels_last))
     strategy = STRATEGIES.create(spec.strategy["name"], **spec.strategy["params"])
     plugins = strategy.plugins(ctx)
-    template = AlmaTemplate(ctx, plugins)
+    template = AlmaTemplate(ctx=ctx, plugins=plugins)
 
     rows: list[dict] = []
     ckpt = load_checkpoint(rd.checkpoint)

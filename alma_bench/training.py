@@ -9,6 +9,7 @@ an Avalanche plugin, so strategies never copy the loop.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +75,13 @@ class RunContext:
         return (correct / n if n else float("nan")), n - correct
 
 
+def _silent_evaluator() -> EvaluationPlugin:
+    # metrics are computed by the runner; Avalanche's evaluator only has to exist, quietly
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(loggers=[])
+
+
 def build_optimizer(p: Protocol, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if p.optimizer == "sgd":
@@ -85,7 +93,7 @@ def build_optimizer(p: Protocol, model: torch.nn.Module) -> torch.optim.Optimize
 class AlmaTemplate(SupervisedTemplate):
     """SupervisedTemplate fed by the ALMA stream's tensors, with the protocol's optimizer."""
 
-    def __init__(self, ctx: RunContext, plugins: list):
+    def __init__(self, *, ctx: RunContext, plugins: list):
         p = ctx.protocol
         core = [ClockPlugin(ctx), LRSchedulePlugin(p), BestValidationPlugin(ctx)]
         super().__init__(
@@ -93,7 +101,7 @@ class AlmaTemplate(SupervisedTemplate):
             criterion=torch.nn.CrossEntropyLoss(), train_mb_size=p.batch_size,
             train_epochs=p.epochs, eval_mb_size=p.eval_batch_size, device=ctx.device,
             plugins=core + list(plugins),
-            evaluator=EvaluationPlugin(loggers=[]),  # metrics are ours; no console logger
+            evaluator=_silent_evaluator(),
             eval_every=-1,
         )
         self.alma = ctx

@@ -22,10 +22,13 @@ VOLATILE = {"wall_time"}
 
 def rows_of(out: Path, suite="tiny"):
     runs = sorted((out / suite).iterdir())
-    return {json.loads((r / "config.json").read_text())["label"] + str(
-        json.loads((r / "config.json").read_text())["seed"]):
-        [{k: v for k, v in row.items() if k not in VOLATILE} for row in read_rows(r / "metrics.jsonl")]
-        for r in runs if (r / "config.json").exists()}
+    out = {}
+    for r in runs:
+        cfg = json.loads((r / "config.json").read_text())
+        rows = read_rows(r / "metrics.jsonl")
+        out[f"{cfg['label']}{cfg['seed']}"] = [
+            {k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+    return out
 
 
 def test_same_seed_same_numbers_different_seed_different(tmp_path, tiny_suite):

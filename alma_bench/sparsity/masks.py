@@ -44,7 +44,7 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[s
             break
         # RigL densifies one layer per round; densifying all at once gives the same result,
         # because eps only grows when a layer over 1 leaves the budget.
-        dense |= set()
+        dense |= over
     return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
 
 

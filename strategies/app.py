@@ -1,0 +1,59 @@
+"""Anytime Progressive Pruning (APP, Misra et al. 2022; ALGORITHMS.md section 6).
+
+Before megabatch t, prune the current model (nested) to ``d_t = base ** delta_t`` with
+``delta = linspace(1, tau, N)``; the pruner sees a seeded sample of ``0.2 x |M_t|`` examples
+from the replay-inclusive megabatch. Unlike the released APP code (which scores random weights
+from megabatch 2 on and intersects masks, ending near density 0.02), the density here is
+exactly on schedule at every megabatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alma_bench.registry import STRATEGIES
+from alma_bench.sparsity import MaskSet, app_densities
+from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now
+
+
+class ProgressivePlugin(MaskedTraining):
+    def __init__(self, ctx, maskset, params: APP):
+        super().__init__(maskset)
+        self.ctx, self.p = ctx, params
+        self.densities = app_densities(ctx.n_megabatches, params.tau, params.base)
+
+    def before_training_exp(self, strategy, **kw):
+        t = strategy.experience.current_experience
+        prune_now(self.ctx, self.maskset, self.p.pruner, self.p.scope, self.densities[t], t,
+                  self.p.sample_fraction, strategy.optimizer)
+
+    def metrics(self) -> dict:
+        return {**super().metrics(), "target_density": self.densities[self.ctx.megabatch]}
+
+
+@STRATEGIES.register("app")
+@dataclass(frozen=True)
+class APP:
+    """Anytime Progressive Pruning: prune a little more (nested) before each megabatch."""
+
+    pruner: str = "snip"
+    tau: float = 4.5
+    base: float = 0.8
+    scope: Literal["global", "layer"] = "global"
+    sample_fraction: float = 0.2
+    prune_first: bool = True
+    prune_last: bool = False  # APP prunes every conv and no linear layer
+
+    def __post_init__(self):
+        check_pruner(self.pruner)
+        if self.tau < 1:
+            raise ValueError(f"tau must be >= 1, got {self.tau}")
+        if not 0 < self.base < 1:
+            raise ValueError(f"base must be in (0, 1), got {self.base}")
+        if not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
+
+    def plugins(self, ctx) -> list:
+        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last)
+        return [ProgressivePlugin(ctx, ms, self)]

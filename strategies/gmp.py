@@ -1,0 +1,72 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017; ALGORITHMS.md section 7).
+
+``d(s) = d_f + (d_i - d_f) (1 - (s - s0)/(s1 - s0))^3`` for optimizer steps s in [s0, s1],
+pruning by magnitude every ``update_period`` steps; masks only shrink. s0 and s1 are fractions
+(``begin``, ``end``) of the stream's planned optimizer steps, so the schedule is keyed to
+steps, not epochs. Any registered schedule can replace the cubic one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alma_bench.registry import SCHEDULES, STRATEGIES
+from alma_bench.sparsity import MaskSet, check_density, progress
+from alma_bench.sparsity.plugin import MaskedTraining, prune_now
+
+
+class GradualPlugin(MaskedTraining):
+    def __init__(self, ctx, maskset, params: GMP):
+        super().__init__(maskset)
+        self.ctx, self.p = ctx, params
+        total = sum(ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches))
+        self.s0, self.s1 = params.begin * total, params.end * total
+        self.schedule = SCHEDULES.create(params.schedule)
+
+    def target(self, step: int) -> float:
+        return self.schedule.density(progress(step, self.s0, self.s1), self.p.initial_density,
+                                     self.p.final_density)
+
+    def after_update(self, strategy, **kw):
+        super().after_update(strategy, **kw)
+        s = self.ctx.step  # the clock plugin has already counted this step
+        if s < self.s0 or (s - int(self.s0)) % self.p.update_period:
+            return
+        d = self.target(s)
+        # only shrink: round(d * n) below what is kept now
+        if round(d * self.maskset.numel()) < self.maskset.kept():
+            prune_now(self.ctx, self.maskset, "magnitude", "global", d, self.ctx.megabatch, 0.0,
+                      strategy.optimizer)
+
+    def metrics(self) -> dict:
+        return {**super().metrics(), "target_density": self.target(self.ctx.step)}
+
+
+@STRATEGIES.register("gmp")
+@dataclass(frozen=True)
+class GMP:
+    """Gradual magnitude pruning on a cubic schedule, every update_period steps (Zhu & Gupta)."""
+
+    final_density: float = 0.366
+    initial_density: float = 1.0
+    update_period: int = 20  # optimizer steps between mask updates
+    begin: float = 0.0  # s0 as a fraction of the stream's planned steps
+    end: float = 0.75  # s1: final density reached here, then held
+    schedule: str = "cubic"
+    prune_first: bool = True
+    prune_last: bool = False
+
+    def __post_init__(self):
+        check_density(self.final_density)
+        check_density(self.initial_density)
+        if self.update_period < 1:
+            raise ValueError(f"update_period must be >= 1, got {self.update_period}")
+        if not 0 <= self.begin < self.end <= 1:
+            raise ValueError(f"need 0 <= begin < end <= 1, got begin={self.begin}, end={self.end}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{self.schedule}'. "
+                             f"Valid: {', '.join(SCHEDULES.names())}")
+
+    def plugins(self, ctx) -> list:
+        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last)
+        return [GradualPlugin(ctx, ms, self)]
