@@ -21,5 +21,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Published reports: run each suite that can run on this machine, then regenerate reports/.
+# Finished runs in results/ are reused (run directories are keyed by config hash).
+REPORT = $(BIN)/alma-bench report
+reports: $(STAMP)
+	$(BIN)/alma-bench run quickstart --quiet
+	$(REPORT) results/quickstart --out reports/quickstart \
+	  --command "make reports: alma-bench run quickstart && alma-bench report results/quickstart"
+	$(BIN)/alma-bench run app-cifar10 --scale quick --quiet
+	$(REPORT) results/app-cifar10-quick --out reports/app-cifar10 \
+	  --command "make reports: alma-bench run app-cifar10 --scale quick && alma-bench report results/app-cifar10-quick"
+	$(BIN)/alma-bench run app-long --scale quick --quiet
+	$(REPORT) results/app-long-quick --out reports/app-long \
+	  --command "make reports: alma-bench run app-long --scale quick && alma-bench report results/app-long-quick"
+
+perf: $(STAMP)
+	$(BIN)/alma-bench perf --json reports/perf.json
+
 clean:
 	rm -rf results .pytest_cache build *.egg-info

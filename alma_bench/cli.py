@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="figures and tables of a results directory")
     rep.add_argument("results")
     rep.add_argument("--out", default=None, help="output directory (default RESULTS/report)")
+    rep.add_argument("--command", default=None,
+                     help="the command to record as having made the results (default: this one)")
     rep.set_defaults(func=cmd_report)
 
     pf = sub.add_parser("perf", help="measure the harness against a bare PyTorch loop")
@@ -134,16 +136,16 @@ def cmd_run(args) -> int:
     from alma_bench.runner import resolve_device
 
     resolve_device(args.device)  # fail on a bad device before any work
-    todo = [s for s in suite.runs if not RunDir(out, s.suite, s.run_id).is_done()]
+    todo = [s for s in suite.runs if not RunDir(out, s.results_name, s.run_id).is_done()]
     done = len(suite.runs) - len(todo)
     if not todo:
         print(f"all {len(suite.runs)} runs of suite '{suite.name}' were already done "
-              f"(results in {out / suite.name})")
+              f"(results in {out / suite.results_name})")
     else:
         if done:
             print(f"{done} of {len(suite.runs)} runs already done; running {len(todo)}")
         _execute(todo, args, out)
-    cmd_show(argparse.Namespace(results=str(out / suite.name), labels=suite.labels))
+    cmd_show(argparse.Namespace(results=str(out / suite.results_name), labels=suite.labels))
     return 0
 
 
@@ -242,7 +244,8 @@ def _pm(m, s, scale) -> str:
 def cmd_report(args) -> int:
     from alma_bench.report import make_report
 
-    cmd = "alma-bench report " + args.results + (f" --out {args.out}" if args.out else "")
+    cmd = args.command or ("alma-bench report " + args.results
+                           + (f" --out {args.out}" if args.out else ""))
     path = make_report(args.results, args.out, command=cmd)
     print(f"report written to {path}")
     return 0

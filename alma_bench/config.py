@@ -101,6 +101,12 @@ class RunSpec:
                 "strategy": self.strategy, "seed": self.seed}
 
     @property
+    def results_name(self) -> str:
+        """The run's folder under the results root: the suite, suffixed by a non-default scale
+        so that scales of one suite never mix in a table."""
+        return f"{self.suite}-{self.scale}" if self.scale else self.suite
+
+    @property
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -157,6 +163,10 @@ class SuiteSpec:
     seeds: list[int]
     scale: str | None
     scales: list[str] = field(default_factory=list)
+
+    @property
+    def results_name(self) -> str:
+        return f"{self.name}-{self.scale}" if self.scale else self.name
 
 
 def suite_names() -> list[str]:

@@ -81,7 +81,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     """Run (or resume, or skip) one run; returns its summary."""
     from alma_bench.training import AlmaTemplate, RunContext
 
-    rd = RunDir(out, spec.suite, spec.run_id)
+    rd = RunDir(out, spec.results_name, spec.run_id)
     if rd.is_done():
         return read_json(rd.summary)
     rd.path.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The writing side of the result store: one directory per run, atomic writes.
 
-    <out>/<suite>/<run-id>/config.json   the fully resolved RunSpec (+ run_id, version)
+    <out>/<suite>[-<scale>]/<run-id>/config.json   the fully resolved RunSpec (+ run_id, version)
                            metrics.jsonl one row per finished megabatch
                            summary.json  written when the run is done
                            status.json   {"state": "running" | "done", "megabatches_done", ...}
@@ -63,8 +63,8 @@ def load_checkpoint(path: Path) -> dict | None:
 class RunDir:
     """Paths of one run's directory."""
 
-    def __init__(self, root: Path, suite: str, run_id: str):
-        self.path = Path(root) / suite / run_id
+    def __init__(self, root: Path, folder: str, run_id: str):
+        self.path = Path(root) / folder / run_id
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
