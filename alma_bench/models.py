@@ -6,6 +6,7 @@ well as CIFAR (3x32x32): the convolutional ones end in global average pooling.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -22,18 +23,23 @@ class MLP:
     hidden: tuple[int, ...] = (256, 128)
 
     def build(self, input_shape, num_classes) -> nn.Module:
-        layers: list[nn.Module] = [nn.Flatten()]
+        # named layers (fc1, fc2, ..., out), so per-layer densities read well in reports
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
         width = int(torch.tensor(input_shape).prod())
-        for h in self.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        for i, h in enumerate(self.hidden, 1):
+            layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU(inplace=True))]
             width = h
-        layers.append(nn.Linear(width, num_classes))
-        return nn.Sequential(*layers)
+        layers.append(("out", nn.Linear(width, num_classes)))
+        return nn.Sequential(OrderedDict(layers))
 
 
 def _conv_bn(cin, cout, stride=1):
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True)]
+
+
+def _named(i: int, block: list[nn.Module]) -> list[tuple[str, nn.Module]]:
+    return list(zip((f"conv{i}", f"bn{i}", f"relu{i}"), block))
 
 
 @MODELS.register("small-cnn")
@@ -45,10 +51,12 @@ class SmallCNN:
 
     def build(self, input_shape, num_classes) -> nn.Module:
         w = self.width
-        return nn.Sequential(
-            *_conv_bn(input_shape[0], w), *_conv_bn(w, 2 * w, 2), *_conv_bn(2 * w, 4 * w, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
-        )
+        return nn.Sequential(OrderedDict([
+            *_named(1, _conv_bn(input_shape[0], w)), *_named(2, _conv_bn(w, 2 * w, 2)),
+            *_named(3, _conv_bn(2 * w, 4 * w, 2)),
+            ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+            ("fc", nn.Linear(4 * w, num_classes)),
+        ]))
 
 
 @MODELS.register("simple-cnn")
@@ -58,13 +66,16 @@ class SimpleCNN:
 
     def build(self, input_shape, num_classes) -> nn.Module:
         c = input_shape[0]
-        feats = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
-        )
-        return nn.Sequential(feats, nn.Flatten(), nn.Linear(256, 256), nn.ReLU(inplace=True),
-                             nn.Linear(256, num_classes))
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        return nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(c, 32, 3, padding=1)), ("relu1", relu()),
+            ("pool1", nn.MaxPool2d(2, ceil_mode=True)),
+            ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", relu()),
+            ("pool2", nn.MaxPool2d(2, ceil_mode=True)),
+            ("conv3", nn.Conv2d(64, 64, 3, padding=1)), ("relu3", relu()),
+            ("pool3", nn.AdaptiveAvgPool2d(2)), ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(256, 256)), ("relu4", relu()), ("fc2", nn.Linear(256, num_classes)),
+        ]))
 
 
 class _BasicBlock(nn.Module):

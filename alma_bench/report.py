@@ -88,6 +88,8 @@ def _figures(res: Results, suite: str, out: Path, prefix: str, look: dict) -> li
         written.append((title, _save(fig, out / f"{prefix}{name}.png")))
     layers = res.layer_density[res.layer_density["suite"] == suite]
     for label in sorted(layers["label"].dropna().astype(str).unique()):
+        if (layers.loc[layers["label"] == label, "density"] >= 1.0).all():
+            continue  # a dense strategy: an all-ones heatmap says nothing
         title = f"Per-layer density (seed mean): {label}{tag}"
         fig = _heatmap(layers[layers["label"] == label], title)
         path = out / f"{prefix}layer_density_{_slug(label)}.png"

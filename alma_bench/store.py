@@ -38,7 +38,8 @@ def read_json(path: Path, default=None):
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    # keys keep insertion order: layer_density stays in model order for reports
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_rows(path: Path) -> list[dict]:
