@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, write_suite
 
 from alma_bench.cli import main
@@ -118,3 +119,19 @@ def test_readme_plugin_loads_lists_and_runs(tmp_path, capsys):
     rows = rows_of(tmp_path / "o")
     assert len(rows["shrink-perturb0"]) == 4
     assert rows["shrink-perturb0"][1]["test_acc"] != rows["dense0"][1]["test_acc"]
+
+
+def test_tensorboard_logs_each_megabatch(tmp_path, tiny_suite):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    assert main(["run", str(tiny_suite), "--out", str(tmp_path / "o"), "--quiet",
+                 "--tensorboard", str(tb)]) == 0
+    events = list(tb.rglob("events.out.tfevents*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    scalars = acc.Scalars("tiny/dense/seed0/test_acc")
+    rows = next(iter(rows_of(tmp_path / "o").values()))
+    assert [s.step for s in scalars] == [1, 2, 3, 4]
+    assert [s.value for s in scalars] == pytest.approx([r["test_acc"] for r in rows])
