@@ -86,6 +86,8 @@ class MaskSet:
             elif old.shape != w.shape or old.dtype != torch.bool:
                 raise ValueError(f"{name}.{BUFFER} exists but is not bool of {tuple(w.shape)}")
             self._modules[name] = module
+        # name -> (mask buffer it was made from, its version, float copy in the weight's layout)
+        self._float: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -134,19 +136,40 @@ class MaskSet:
             return erk_densities({n: tuple(m.shape) for n, m in self.masks.items()}, density)
         raise UserError(f"unknown distribution '{distribution}'. Valid: erk, uniform")
 
+    def _float_masks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, mask as 0/1 in the weight's dtype and memory layout) per prunable layer.
+
+        Multiplying by a float mask of the same layout is 4-5x faster than by the bool buffer
+        (measured: a mixed-dtype in-place multiply casts element by element) and gives the same
+        bits (the bool is promoted to exactly 0.0/1.0 either way). The copy is rebuilt whenever
+        the buffer changes: a different tensor, or an in-place write (``update``,
+        ``load_state_dict``), which bumps the buffer's version counter.
+        """
+        out = []
+        for name, module in self._modules.items():
+            mask, w = module._buffers[BUFFER], module.weight
+            hit = self._float.get(name)
+            if (hit is None or hit[0] is not mask or hit[1] != mask._version
+                    or hit[2].dtype != w.dtype or hit[2].device != w.device
+                    or hit[2].stride() != w.stride()):
+                hit = (mask, mask._version, torch.empty_like(w).copy_(mask))
+                self._float[name] = hit
+            out.append((w, hit[2]))
+        return out
+
     @torch.no_grad()
     def apply(self) -> None:
         """Zero the masked weights in place (after every optimizer step)."""
-        for name, mask in self.masks.items():
-            self._modules[name].weight.mul_(mask)
+        pairs = self._float_masks()
+        if pairs:  # one fused call for all layers instead of one multiply per layer
+            torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients at masked positions (after every backward)."""
-        for name, mask in self.masks.items():
-            grad = self._modules[name].weight.grad
-            if grad is not None:
-                grad.mul_(mask)
+        pairs = [(w.grad, m) for w, m in self._float_masks() if w.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
     def update(self, new_masks: Mapping[str, torch.Tensor], optimizer=None) -> None:
