@@ -108,7 +108,8 @@ def _curve(metrics: pd.DataFrame, y: str, ylabel: str, scale: float, title: str,
     order = sorted(data["label"].astype(str).unique())
     sns.lineplot(data=data, x="megabatch", y="value", hue="label", style="label",
                  hue_order=order, style_order=order, dashes=False, errorbar="sd", ax=ax,
-                 markersize=7, **look)
+                 # long streams (app-long: 100 megabatches): markers every ~10 points only
+                 markersize=7, markevery=max(1, data["megabatch"].nunique() // 10), **look)
     if zero_line:
         ax.axhline(0, color="0.3", lw=1, ls="--")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
