@@ -145,7 +145,9 @@ def cmd_run(args) -> int:
         if done:
             print(f"{done} of {len(suite.runs)} runs already done; running {len(todo)}")
         _execute(todo, args, out)
-    cmd_show(argparse.Namespace(results=str(out / suite.results_name), labels=suite.labels))
+    # only this invocation's runs: the folder may hold runs of other --set variants
+    cmd_show(argparse.Namespace(results=str(out / suite.results_name), labels=suite.labels,
+                                run_ids={s.run_id for s in suite.runs}))
     return 0
 
 
@@ -204,7 +206,11 @@ def cmd_show(args) -> int:
     from alma_bench.results import load, summary_table
 
     res = load(args.results)
-    table = summary_table(res.runs)
+    runs = res.runs
+    ids = getattr(args, "run_ids", None)
+    if ids is not None:
+        runs = runs[runs["run_id"].isin(ids)]
+    table = summary_table(runs)
     print(format_table(table, getattr(args, "labels", None)))
     return 0
 

@@ -56,6 +56,18 @@ class Protocol:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or null, got {self.patience}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones are epochs >= 1, got {list(self.milestones)}")
 
 
 @dataclass(frozen=True)
@@ -223,8 +235,11 @@ def apply_set(raw: dict, assignment: str) -> None:
     if parts[0] not in SUITE_KEYS:
         raise unknown("suite key", parts[0], SUITE_KEYS)
     if parts[0] == "strategies" and len(parts) == 3:
-        for s in raw.get("strategies", []):
+        entries = raw.get("strategies") or []
+        for i, s in enumerate(entries):
             if _label(s) == parts[1]:
+                if isinstance(s, str):  # a bare name: make it an entry that can hold params
+                    s = entries[i] = {"name": s}
                 s.setdefault("params", {})[parts[2]] = value
                 return
         raise unknown("strategy label", parts[1], [_label(s) for s in raw.get("strategies", [])])
@@ -260,8 +275,13 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
     if not isinstance(specs, list) or not specs:
         raise UserError(f"suite {name} needs a non-empty list 'strategies'")
     seed_list = seeds if seeds is not None else raw.get("seeds", [0])
-    if not isinstance(seed_list, list) or not all(isinstance(s, int) for s in seed_list):
-        raise UserError(f"seeds must be a list of integers, got {seed_list!r}")
+    if not isinstance(seed_list, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
+        raise UserError(f"seeds must be a list of non-negative integers, got {seed_list!r}")
+    for section in ("stream", "model", "protocol"):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise UserError(f"suite section '{section}' must be a mapping, got "
+                            f"{raw.get(section)!r}")
 
     stream = dict(raw.get("stream") or {})
     split, source, params = split_and_source(stream)
@@ -281,12 +301,21 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
         extra = sorted(set(s) - {"name", "label", "params"})
         if extra or "name" not in s:
             raise UserError(f"strategy entry {s!r}: keys are name, label, params")
+        if not isinstance(s.get("params") or {}, dict):
+            raise UserError(f"strategy entry {s!r}: params must be a mapping")
         obj = STRATEGIES.create(s["name"], **(s.get("params") or {}))
         resolved.append((s.get("label", s["name"]), s["name"], dataclasses.asdict(obj)))
     labels = [r[0] for r in resolved]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"duplicate strategy label(s) {', '.join(dup)}: give each a 'label'")
+    same = {}
+    for label, sname, sparams in resolved:
+        key = json.dumps([sname, sparams], sort_keys=True, default=str)
+        if key in same:  # one run id for two labels: they would share a result directory
+            raise UserError(f"strategies '{same[key]}' and '{label}' are the same run "
+                            f"({sname} with the same params); keep one")
+        same[key] = label
     if strategies:
         for want in strategies:
             if want not in labels:

@@ -86,6 +86,9 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         return read_json(rd.summary)
     rd.path.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    if dev.type == "cuda":  # same seed, same numbers on a GPU too (at some speed cost)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     seeds = spec.seeds()
     protocol = spec.protocol_obj()
 

@@ -65,6 +65,9 @@ def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
             raise UserError(f"stream subset {split.subset} exceeds the {n} training samples")
         perm = perm[: split.subset]
     parts = np.array_split(perm, split.megabatches)
+    if len(parts[-1]) - int(round(split.val_fraction * len(parts[-1]))) < 1:
+        raise UserError(f"{split.megabatches} megabatches of {len(perm)} samples leave a "
+                        "megabatch with no training sample; use fewer megabatches")
     out: list[Megabatch] = []
     memory = np.empty(0, dtype=np.int64)
     seen = 0  # samples offered to the reservoir so far
@@ -144,34 +147,42 @@ class AlmaStream:
 
     @cached_property
     def benchmark(self):
-        """The Avalanche benchmark (train/valid streams: one experience per megabatch; test)."""
+        """The Avalanche benchmark (train/valid streams: one experience per megabatch; test).
+
+        Its datasets are index views over the one copy of the data: union replay over N
+        megabatches would otherwise hold about N/2 copies of the training set.
+        """
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
         from avalanche.benchmarks.utils import as_taskaware_classification_dataset
 
-        def wrap(x, y):
-            return as_taskaware_classification_dataset(_Images(x, y, self.data.mean, self.data.std))
+        d = self.data
+
+        def wrap(x, y, idx=None):
+            return as_taskaware_classification_dataset(_Images(x, y, idx, d.mean, d.std))
 
         return benchmark_from_datasets(
-            train=[wrap(*self.train_set(t)) for t in range(self.n_megabatches)],
-            valid=[wrap(*self.val_set(t)) for t in range(self.n_megabatches)],
-            test=[wrap(*self.test_set())],
+            train=[wrap(d.train_x, d.train_y, m.train) for m in self.megabatches],
+            valid=[wrap(d.train_x, d.train_y, m.val) for m in self.megabatches],
+            test=[wrap(d.test_x, d.test_y)],
         )
 
 
 class _Images(torch.utils.data.Dataset):
-    """Per-sample view (normalised float) for Avalanche's own data loaders."""
+    """Per-sample view (normalised float) of ``x[idx]`` for Avalanche's own data loaders."""
 
-    def __init__(self, x, y, mean, std):
+    def __init__(self, x, y, idx, mean, std):
         self.x, self.y = x, y
+        self.idx = torch.arange(len(y)) if idx is None else torch.from_numpy(np.asarray(idx))
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-        self.targets = y.tolist()
+        self.targets = y[self.idx]
 
     def __len__(self):
-        return len(self.y)
+        return len(self.idx)
 
     def __getitem__(self, i):
-        return (self.x[i].float() / 255.0 - self.mean) / self.std, int(self.y[i])
+        j = int(self.idx[i])
+        return (self.x[j].float() / 255.0 - self.mean) / self.std, int(self.y[j])
 
 
 def build_stream(data: ImageData, split: AlmaSplit, seed: int, name: str = "") -> AlmaStream:

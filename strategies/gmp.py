@@ -30,10 +30,15 @@ class GradualPlugin(MaskedTraining):
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
         s = self.ctx.step  # the clock plugin has already counted this step
-        if s < self.s0 or (s - int(self.s0)) % self.p.update_period:
-            return
-        d = self.target(s)
-        # only shrink: round(d * n) below what is kept now
+        if s >= self.s0 and (s - int(self.s0)) % self.p.update_period == 0:
+            self._shrink_to(self.target(s), strategy)
+
+    def after_training_exp(self, strategy, **kw):
+        # The megabatch ends at its best-validation epoch, whose snapshot may hold older,
+        # denser masks; prune again so masks only shrink and the schedule holds (section 7).
+        self._shrink_to(self.target(self.ctx.step), strategy)
+
+    def _shrink_to(self, d: float, strategy) -> None:
         if round(d * self.maskset.numel()) < self.maskset.kept():
             prune_now(self.ctx, self.maskset, "magnitude", "global", d, self.ctx.megabatch, 0.0,
                       strategy.optimizer)

@@ -109,3 +109,45 @@ def test_strategy_param_override_and_label_errors(capsys, tmp_path):
     suite = write_suite(tmp_path / "t.yaml", stream={**TINY["stream"]})
     code, _, err = run_cli(capsys, "run", str(suite), "--set", "strategies.nope.x=1")
     assert code == 2 and "unknown strategy label 'nope'" in err
+
+
+def test_table_after_run_shows_only_this_config(capsys, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", stream={**TINY["stream"], "megabatches": 2})
+    out = str(tmp_path / "o")
+    for epochs in (1, 2):
+        code, said, _ = run_cli(capsys, "run", str(suite), "--out", out, "--quiet",
+                                "--set", f"protocol.epochs={epochs}")
+        assert code == 0
+        assert re.search(r"^dense\s+1\s", said, re.M), said  # one seed, not two mixed configs
+
+
+MORE_BAD = [
+    (["--set", "stream=digits"], r"suite section 'stream' must be a mapping"),
+    (["--set", "strategies.dense.x=1"], r"unknown parameter\(s\) x for strategy 'dense'"),
+    (["--seeds", "-1"], r"seeds must be a list of non-negative integers"),
+    (["--set", "protocol.eval_batch_size=0"], r"eval_batch_size must be >= 1"),
+    (["--set", "protocol.weight_decay=-1"], r"weight_decay must be >= 0"),
+    (["--set", "stream.megabatches=5000"], r"leave a megabatch with no training sample"),
+]
+
+
+@pytest.mark.parametrize("extra, message", MORE_BAD, ids=[m for _, m in MORE_BAD])
+def test_more_bad_input(capsys, tmp_path, extra, message):
+    suite = write_suite(tmp_path / "s.yaml", strategies=["dense"])
+    code, _, err = run_cli(capsys, "run", str(suite), "--out", str(tmp_path / "o"), "--quiet",
+                           *extra)
+    assert code == 2 and re.search(message, err), err
+
+
+def test_small_float_in_yaml_is_a_number(tmp_path):
+    from alma_bench.config import load_suite
+
+    suite = write_suite(tmp_path / "s.yaml")
+    assert load_suite(str(suite), sets=["protocol.lr=1e-4"]).runs[0].protocol["lr"] == 1e-4
+
+
+def test_same_run_under_two_labels_is_an_error(capsys, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", strategies=[
+        {"name": "app"}, {"name": "app", "label": "app-snip", "params": {"pruner": "snip"}}])
+    code, _, err = run_cli(capsys, "run", str(suite), "--dry-run")
+    assert code == 2 and "strategies 'app' and 'app-snip' are the same run" in err

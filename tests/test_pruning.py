@@ -98,6 +98,10 @@ def test_gmp_shrinks_to_final_density(tmp_path):
     d = [r["density"] for r in rows]
     assert all(a >= b for a, b in zip(d, d[1:])) and d[0] < 1.0
     assert d[-1] == pytest.approx(0.3, abs=2e-3)
+    # the kept model of every megabatch sits on the schedule (a best-epoch snapshot with
+    # older, denser masks must not bring pruned weights back)
+    for r in rows:
+        assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
 
 
 BUILTIN = sorted(n for n in STRATEGIES.names()
