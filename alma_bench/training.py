@@ -173,24 +173,31 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.best, self.bad, self.snapshot = -1.0, 0, None
-        self.correct = self.seen = 0
+        self.correct, self.seen = None, 0
         self.ctx.epoch_log = []
 
     def after_training_iteration(self, strategy, **kw):
-        # running accuracy on the (augmented) training batches, for APP's per-epoch gap
-        self.correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+        # running accuracy on the (augmented) training batches, for APP's per-epoch gap; kept
+        # as a device tensor so the hot loop never waits for a host sync
+        hits = (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
+        self.correct = hits if self.correct is None else self.correct + hits
         self.seen += len(strategy.mb_y)
 
     def after_training_epoch(self, strategy, **kw):
         t = self.ctx.megabatch
         val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(t))
-        train_acc = self.correct / max(1, self.seen)
-        self.correct = self.seen = 0
+        train_acc = int(self.correct) / max(1, self.seen) if self.correct is not None else 0.0
+        self.correct, self.seen = None, 0
         self.ctx.epoch_log.append((train_acc, val_acc))
+        if val_acc != val_acc:  # no validation data: no selection, no early stopping
+            return
         if val_acc > self.best:
             self.best, self.bad = val_acc, 0
             if self.ctx.protocol.keep_best:
-                self.snapshot = copy.deepcopy(strategy.model.state_dict())
+                opt = strategy.optimizer
+                self.snapshot = (copy.deepcopy(strategy.model.state_dict()),
+                                 copy.deepcopy(opt.state_dict())
+                                 if self.ctx.protocol.keep_optimizer_state else None)
         else:
             self.bad += 1
             if self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience:
@@ -198,5 +205,8 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kw):
         if self.snapshot is not None:
-            strategy.model.load_state_dict(self.snapshot)
+            model_state, opt_state = self.snapshot
+            strategy.model.load_state_dict(model_state)
+            if opt_state is not None:  # momentum that belongs to the kept weights
+                strategy.optimizer.load_state_dict(opt_state)
             self.snapshot = None
