@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -147,32 +146,44 @@ def measure(args) -> dict:
             execute(spec("dense", "warm", warm), tmp / f"warm{cl}", "cpu", channels_last=cl)
             result.setdefault("harness_first_run_s", time.perf_counter() - t0)
         variants = [(kind, cl) for kind in ("bare", "dense", "app") for cl in (False, True)]
+        if not args.quick:  # torch.compile, in the layout eager code is fastest in on CPUs
+            variants.append(("compiled", True))
         raw: dict = {f"{k}:{int(cl)}": [] for k, cl in variants}
-        for r in range(reps):
+        for r in range(reps):  # interleaved, and rotated so no variant always runs first
             for kind, cl in variants[r % len(variants):] + variants[: r % len(variants)]:
                 key = f"{kind}:{int(cl)}"
                 print(f"  repeat {r + 1}/{reps}: {kind} {'channels-last' if cl else 'contiguous'}",
                       file=sys.stderr)
-                if kind == "bare":
-                    raw[key].append(pb.bare_train(sets, model_fn, channels_last=cl, **bare_kw))
+                if kind in ("bare", "compiled"):
+                    raw[key].append(pb.bare_train(sets, model_fn, channels_last=cl,
+                                                  compile=kind == "compiled", **bare_kw))
                     continue
                 execute(spec(kind, f"{kind}-{r}-{cl}"), tmp / f"{key.replace(':', '')}-{r}",
                         "cpu", channels_last=cl)
                 log = pb.LOGS[-1]
                 times = pb.split_times(log, time.perf_counter())
                 if kind == "dense":  # one test-set pass of the final model, timed alone
+                    ctx, test_x = log.ctx, log.ctx.stream.test_set()[0]
                     t0 = time.perf_counter()
-                    log.ctx.accuracy(*log.ctx.stream.test_set())
+                    ctx.accuracy(*ctx.stream.test_set())
                     times["test_pass_s"] = time.perf_counter() - t0
+                    # evaluation batch size: large batches overflow this CPU's caches
+                    times["eval_images_per_s"] = {b: pb.eval_rate(ctx.model, ctx.normalize,
+                                                                  test_x, b)
+                                                  for b in (128, 256, 1024)}
                 raw[key].append(times)
-        result.update(_summarise(raw, reps))
+        result.update(pb.summarise(raw))
+        result["repeats"] = raw  # every repeat's loop times, per variant ("kind:channels_last")
         if args.quick:
             skipped["workers_speedup"] = "--quick skips the parallel quickstart runs"
             skipped["threads"] = "--quick skips the thread/wait-policy matrix"
             result["parallel"] = {"workers_speedup": None}
             result["threads"] = None
         else:
+            print("  quickstart with 1 and 2 workers", file=sys.stderr)
             result["parallel"] = _parallel(tmp, skipped)
+            print("  threads x OpenMP wait policy, alone and beside a busy process",
+                  file=sys.stderr)
             result["threads"] = pb.thread_matrix(1536, bs, True)
         result["workers_speedup"] = result["parallel"]["workers_speedup"]
     finally:
@@ -220,65 +231,14 @@ def _data(args, pb, skipped) -> tuple[dict, dict]:
         return {"name": name, **split}, info
     why = ("--quick uses synthetic data" if args.quick else
            f"no image folders at {root}: synthetic 3x32x32 data instead")
-    if not args.quick:
+    if not args.quick and args.stream is None:
         print(f"alma-bench perf: {why}", file=sys.stderr)
+    elif args.stream:
+        why = "--stream synthetic: no image folders decoded"
     skipped["first_decode_s"] = skipped["cached_start_s"] = why
     n = 384 if args.quick else args.subset
     return {"name": "synthetic", "n_train": n, "n_test": 128 if args.quick else 2000,
             "classes": 10, "channels": 3, "size": 32, **split}, info
-
-
-def _summarise(raw: dict, reps: int) -> dict:
-    """Medians and spreads of the interleaved repeats; ratios are taken per repeat (pairs
-    measured seconds apart under the same load), then their median."""
-    from alma_bench.perf_bare import stats
-
-    def rate(r):
-        return r["samples"] / r["loop_s"]
-
-    out: dict = {"bare": {}, "harness": {}, "sparse": {}, "shares": {}}
-    layouts = {0: "contiguous", 1: "channels_last"}
-    for cl, name in layouts.items():
-        out["bare"][name] = stats([rate(r) for r in raw[f"bare:{cl}"]])
-    best = max(layouts, key=lambda c: out["bare"][layouts[c]]["median"])
-    limit = [rate(r) for r in raw[f"bare:{best}"]]
-    out["bare"]["limit_layout"] = layouts[best]
-    out["bare_images_per_s"] = statistics.median(limit)
-    for cl, name in layouts.items():
-        dense, app, bare = raw[f"dense:{cl}"], raw[f"app:{cl}"], raw[f"bare:{cl}"]
-        out["harness"][name] = {
-            "images_per_s": stats([rate(r) for r in dense]),
-            # time per sample of the harness's batch loops over the limit's
-            "vs_limit": stats([lim / rate(d) for lim, d in zip(limit, dense)]),
-            "vs_bare_same_layout": stats([rate(b) / rate(d) for b, d in zip(bare, dense)]),
-            # whole megabatches: + validation, evaluation passes, metrics, checkpoints
-            "whole_vs_limit": stats([lim * d["wall_s"] / d["samples"]
-                                     for lim, d in zip(limit, dense)]),
-        }
-        out["sparse"][name] = {
-            # final megabatch: APP's mask is at its final density there
-            "final_step_ratio": stats([(a["mb_loop_s"][-1] / a["mb_steps"][-1])
-                                       / (d["mb_loop_s"][-1] / d["mb_steps"][-1])
-                                       for a, d in zip(app, dense)]),
-            "run_loop_ratio": stats([a["loop_s"] / d["loop_s"] for a, d in zip(app, dense)]),
-        }
-    hl = out["harness"][layouts[best]]
-    out["harness_layout"] = layouts[best]
-    out["harness_vs_bare_ratio"] = hl["vs_limit"]["median"]
-    out["harness_whole_vs_bare_ratio"] = hl["whole_vs_limit"]["median"]
-    out["sparse_vs_dense_ratio"] = out["sparse"][layouts[best]]["final_step_ratio"]["median"]
-    dense, app = raw[f"dense:{best}"], raw[f"app:{best}"]
-    n_mb = len(dense[0]["mb_wall_s"])
-    out["shares"] = {
-        "test_pass_s": stats([d["test_pass_s"] for d in dense]),
-        # one test-set pass over the mean megabatch wall time of the dense run
-        "test_pass_of_megabatch": stats([d["test_pass_s"] * n_mb / d["wall_s"] for d in dense]),
-        "eval_and_bookkeeping_of_megabatch": stats(
-            [(d["in_train_other_s"] + d["post_train_s"]) / d["wall_s"] for d in dense]),
-        "prune_s": stats([a["pre_train_s"] / n_mb for a in app]),
-        "prune_of_megabatch": stats([a["pre_train_s"] / a["wall_s"] for a in app]),
-    }
-    return out
 
 
 def _parallel(tmp: Path, skipped: dict) -> dict:
@@ -331,6 +291,9 @@ def format_table(r: dict) -> str:
             ("load average before / after", f"{r['load_before']} / {r['load_after']}")]
     for name in ("contiguous", "channels_last"):
         rows.append((f"bare loop img/s, {name}", _s(r["bare"][name], "{:.0f}")))
+    for name, st in (r.get("compiled") or {}).items():
+        rows.append((f"bare loop, torch.compile, {name}: img/s; compile s",
+                     f"{_s(st['images_per_s'], '{:.0f}')}; {_s(st['compile_s'])}"))
     rows.append(("limit (faster layout) img/s",
                  f"{_f(r['bare_images_per_s'], '{:.0f}')} ({r['bare']['limit_layout']})"))
     for name in ("contiguous", "channels_last"):
@@ -347,6 +310,8 @@ def format_table(r: dict) -> str:
     sh = r["shares"]
     rows += [("test-set pass s / share of a megabatch",
               f"{_s(sh['test_pass_s'])} / {_s(sh['test_pass_of_megabatch'], '{:.1%}')}"),
+             ("evaluation img/s at batch 128 / 256 / 1024",
+              " / ".join(_s(sh["eval_images_per_s"].get(b), "{:.0f}") for b in (128, 256, 1024))),
              ("all evaluation + bookkeeping share of a megabatch",
               _s(sh["eval_and_bookkeeping_of_megabatch"], "{:.1%}")),
              ("SNIP pruning s / share of a megabatch",
@@ -364,7 +329,7 @@ def format_table(r: dict) -> str:
                  f"{_f(p['workers_speedup'])}"))
     for t in r["threads"] or []:
         rows.append((f"bare img/s, {t['threads']} thread(s), wait {t['omp_wait_policy']}, "
-                     f"{'beside a busy process' if t['other_process_busy'] else 'idle'}",
+                     f"{'beside a busy process' if t['other_process_busy'] else 'alone'}",
                      _f(t["images_per_s"], "{:.0f}")))
     for key, t in r["targets"].items():
         verdict = ("skipped: " + r["skipped"].get(key, "?") if t["met"] is None else
@@ -375,9 +340,16 @@ def format_table(r: dict) -> str:
     return "\n".join([*lines, *(f"| {a.ljust(w)} | {b} |" for a, b in rows)])
 
 
+NOTES = ("<!-- notes: kept when the report is regenerated -->", "<!-- end notes -->")
+
+
 def write_report(path: Path, r: dict, table: str) -> None:
-    """reports/perf.md: the command, date, machine and the latest table."""
+    """reports/perf.md: the command, date, machine and the latest table. A hand-written
+    section between the NOTES markers (analysis of the numbers) survives regeneration."""
     c = r["config"]
+    old = path.read_text() if path.is_file() else ""
+    notes = (old[old.index(NOTES[0]):old.index(NOTES[1]) + len(NOTES[1])] + "\n"
+             if NOTES[0] in old and NOTES[1] in old else f"{NOTES[0]}\n{NOTES[1]}\n")
     text = f"""# alma-bench perf
 
 Made by `{r['command']}` on {r['date']}.
@@ -396,6 +368,7 @@ faster layout; "whole megabatches" adds per-epoch validation, the test/train/val
 passes, metrics and the checkpoint. Sparse/dense compares the step time of the last
 megabatch, where APP's masks are at their final density. The JSON (`--json FILE`) holds every
 repeat's summary.
-"""
+
+{notes}"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

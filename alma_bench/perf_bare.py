@@ -61,11 +61,12 @@ def load_average() -> list[float] | None:
 
 def bare_train(sets, model_fn, *, batch_size: int, epochs: int, lr: float, momentum: float,
                weight_decay: float, augment: bool, padding: int, mean, std,
-               channels_last: bool, seed: int = 0) -> dict:
+               channels_last: bool, seed: int = 0, compile: bool = False) -> dict:
     """The limit: plain PyTorch over pre-loaded uint8 tensors, the harness's work per step
     (gather a shuffled batch, batched crop+flip, normalise, forward, backward, SGD step) and
     nothing else. ``sets`` is the list of (x, y) trained on per megabatch, so it sees exactly
-    the samples and batch boundaries the harness sees. Only the epoch loops are timed."""
+    the samples and batch boundaries the harness sees. Only the epoch loops are timed;
+    ``compile`` (torch.compile) is warmed up on one batch first, timed as ``compile_s``."""
     torch.manual_seed(seed)
     model = model_fn()
     if channels_last:
@@ -74,6 +75,19 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int, lr: float, momen
     c = len(mean)
     scale = (1.0 / (255.0 * torch.tensor(std))).view(1, c, 1, 1)
     shift = (torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1)
+    compile_s = None
+    if compile:
+        t0 = time.perf_counter()
+        model.compile()
+        # two batch sizes: the second compiles the dynamic-batch graph that the short last
+        # batch of an epoch needs, so no compilation happens inside the timed loops
+        for n in (batch_size, batch_size - 1):
+            x0 = sets[0][0][:n]
+            x0 = x0.contiguous(memory_format=torch.channels_last) if channels_last else x0
+            F.cross_entropy(model(torch.addcmul(-shift, x0.float(), scale)),
+                            sets[0][1][:n]).backward()
+        model.zero_grad(set_to_none=True)
+        compile_s = time.perf_counter() - t0
     loop = 0.0
     samples = steps = 0
     for t, (x, y) in enumerate(sets):
@@ -97,7 +111,7 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int, lr: float, momen
                 samples += len(yb)
                 steps += 1
             loop += time.perf_counter() - start
-    return {"loop_s": loop, "samples": samples, "steps": steps}
+    return {"loop_s": loop, "samples": samples, "steps": steps, "compile_s": compile_s}
 
 
 def augment_rate(x: torch.Tensor, batch_size: int, padding: int, seconds: float = 1.0) -> float:
@@ -112,6 +126,18 @@ def augment_rate(x: torch.Tensor, batch_size: int, padding: int, seconds: float 
         done += batch_size
         n += 1
     return done / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def eval_rate(model, normalize, x: torch.Tensor, batch_size: int) -> float:
+    """Images per second of an evaluation pass (eval mode, as ``RunContext.accuracy``)."""
+    was = model.training
+    model.eval()
+    start = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        model(normalize(x[i : i + batch_size])).argmax(1)
+    model.train(was)
+    return len(x) / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- the probe inside the harness
@@ -216,6 +242,66 @@ def split_times(log: ProbeLog, run_end: float) -> dict:
     }
 
 
+# ---------------------------------------------------------------- summary
+
+def summarise(raw: dict) -> dict:
+    """Medians and spreads of the interleaved repeats; ratios are taken per repeat (pairs
+    measured seconds apart under the same load), then their median."""
+    def rate(r):
+        return r["samples"] / r["loop_s"]
+
+    out: dict = {"bare": {}, "harness": {}, "sparse": {}, "shares": {}}
+    layouts = {0: "contiguous", 1: "channels_last"}
+    for cl, name in layouts.items():
+        out["bare"][name] = stats([rate(r) for r in raw[f"bare:{cl}"]])
+    out["compiled"] = {  # torch.compile: shown beside the limit, not part of it
+        name: {"images_per_s": stats([rate(r) for r in raw[f"compiled:{cl}"]]),
+               "compile_s": stats([r["compile_s"] for r in raw[f"compiled:{cl}"]])}
+        for cl, name in layouts.items() if raw.get(f"compiled:{cl}")}
+    best = max(layouts, key=lambda c: out["bare"][layouts[c]]["median"])
+    limit = [rate(r) for r in raw[f"bare:{best}"]]
+    out["bare"]["limit_layout"] = layouts[best]
+    out["bare_images_per_s"] = statistics.median(limit)
+    for cl, name in layouts.items():
+        dense, app, bare = raw[f"dense:{cl}"], raw[f"app:{cl}"], raw[f"bare:{cl}"]
+        out["harness"][name] = {
+            "images_per_s": stats([rate(r) for r in dense]),
+            # time per sample of the harness's batch loops over the limit's
+            "vs_limit": stats([lim / rate(d) for lim, d in zip(limit, dense)]),
+            "vs_bare_same_layout": stats([rate(b) / rate(d) for b, d in zip(bare, dense)]),
+            # whole megabatches: + validation, evaluation passes, metrics, checkpoints
+            "whole_vs_limit": stats([lim * d["wall_s"] / d["samples"]
+                                     for lim, d in zip(limit, dense)]),
+        }
+        out["sparse"][name] = {
+            # final megabatch: APP's mask is at its final density there
+            "final_step_ratio": stats([(a["mb_loop_s"][-1] / a["mb_steps"][-1])
+                                       / (d["mb_loop_s"][-1] / d["mb_steps"][-1])
+                                       for a, d in zip(app, dense)]),
+            "run_loop_ratio": stats([a["loop_s"] / d["loop_s"] for a, d in zip(app, dense)]),
+        }
+    hl = out["harness"][layouts[best]]
+    out["harness_layout"] = layouts[best]
+    out["harness_vs_bare_ratio"] = hl["vs_limit"]["median"]
+    out["harness_whole_vs_bare_ratio"] = hl["whole_vs_limit"]["median"]
+    out["sparse_vs_dense_ratio"] = out["sparse"][layouts[best]]["final_step_ratio"]["median"]
+    dense, app = raw[f"dense:{best}"], raw[f"app:{best}"]
+    n_mb = len(dense[0]["mb_wall_s"])
+    out["shares"] = {
+        "test_pass_s": stats([d["test_pass_s"] for d in dense]),
+        "eval_images_per_s": {b: stats([d["eval_images_per_s"][b] for d in dense])
+                              for b in dense[0]["eval_images_per_s"]},
+        # one test-set pass over the mean megabatch wall time of the dense run
+        "test_pass_of_megabatch": stats([d["test_pass_s"] * n_mb / d["wall_s"] for d in dense]),
+        "eval_and_bookkeeping_of_megabatch": stats(
+            [(d["in_train_other_s"] + d["post_train_s"]) / d["wall_s"] for d in dense]),
+        "prune_s": stats([a["pre_train_s"] / n_mb for a in app]),
+        "prune_of_megabatch": stats([a["pre_train_s"] / a["wall_s"] for a in app]),
+    }
+    return out
+
+
+
 # ---------------------------------------------------------------- threads and wait policy
 
 _CHILD = """
@@ -257,7 +343,7 @@ def thread_matrix(n: int, batch_size: int, channels_last: bool, timeout: float =
                 except (subprocess.SubprocessError, ValueError, IndexError) as e:
                     rate = None
                     print(f"  thread probe failed: {type(e).__name__}", file=sys.stderr)
-                rows.append({"threads": threads, "omp_wait_policy": (policy or "active").lower(),
+                rows.append({"threads": threads, "omp_wait_policy": (policy or "default").lower(),
                              "other_process_busy": busy, "images_per_s": rate})
         finally:
             if hog is not None:
