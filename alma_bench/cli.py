@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,11 @@ KINDS = ("suites", "strategies", "streams", "models", "pruners", "schedules")
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "torch" not in sys.modules:
+        # Spinning OpenMP threads collapse (2-4x slower) when another process shares the
+        # cores; passive waiting costs nothing alone (reports/perf.md). libgomp reads this
+        # once, when torch loads, and worker processes inherit it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _parser()
     args = parser.parse_args(argv)
     try:
