@@ -43,7 +43,8 @@ class APP:
     scope: Literal["global", "layer"] = "global"
     sample_fraction: float = 0.2
     prune_first: bool = True
-    prune_last: bool = False  # APP prunes every conv and no linear layer
+    prune_last: bool = False
+    prune_linear: bool = False  # APP prunes every conv and no Linear layer
 
     def __post_init__(self):
         check_pruner(self.pruner)
@@ -55,5 +56,6 @@ class APP:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last)
+        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
+                     prune_linear=self.prune_linear)
         return [ProgressivePlugin(ctx, ms, self)]

@@ -38,12 +38,14 @@ class OSP:
     scope: Literal["global", "layer"] = "global"
     sample_fraction: float = 0.2  # SNIP's sample, as a fraction of the megabatch size
     prune_first: bool = True
-    prune_last: bool = False  # APP prunes every conv and no linear layer
+    prune_last: bool = False
+    prune_linear: bool = False  # APP prunes every conv and no Linear layer
 
     def __post_init__(self):
         check_density(self.density)
         check_pruner(self.pruner)
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last)
+        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
+                     prune_linear=self.prune_linear)
         return [OneShotPlugin(ctx, ms, self)]

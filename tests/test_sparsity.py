@@ -216,6 +216,20 @@ def test_state_dict_carries_masks_and_dense_layers_stay_dense():
     assert MaskSet(model, prune_first=False, prune_last=False).density() == ms.density()
 
 
+def test_prune_linear_false_keeps_every_linear_dense():
+    # APP prunes every conv and no Linear layer, also in models with more than one Linear
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 32), nn.ReLU(),
+                          nn.Linear(32, 10))
+    ms = MaskSet(model, prune_last=False, prune_linear=False)
+    assert ms.names == ["0"] and ms.dense_layers == ["2", "4"]
+    prune(model, ms, PRUNERS.create("magnitude"), 0.25)
+    assert ms.density() == pytest.approx(0.25, abs=1 / model[0].weight.numel())
+    assert bool((model[2].weight != 0).all()) and bool((model[4].weight != 0).all())
+    mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(UserError, match="nothing left to prune.*prune_linear=true"):
+        MaskSet(mlp, prune_linear=False)
+
+
 def test_registry_and_bad_parameters():
     ms = MaskSet(net())
     for bad in [0, -0.1, 1.5, float("nan"), "x"]:

@@ -65,16 +65,25 @@ class MaskSet:
     """Boolean masks over the weights of every Conv2d and Linear layer of ``model``.
 
     ``prune_first`` / ``prune_last``: whether the first and the last such layer (in
-    ``named_modules`` order) are prunable; otherwise they stay dense and are listed in
+    ``named_modules`` order) are prunable; ``prune_linear``: whether any Linear layer is (APP
+    prunes every conv and no Linear layer). Layers left out stay dense and are listed in
     :attr:`dense_layers`.
     """
 
-    def __init__(self, model: nn.Module, prune_first: bool = True, prune_last: bool = True):
+    def __init__(self, model: nn.Module, prune_first: bool = True, prune_last: bool = True,
+                 prune_linear: bool = True):
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         if not layers:
             raise UserError("model has no Conv2d or Linear layer to prune")
         skip = {layers[0][0]} if not prune_first else set()
         skip |= {layers[-1][0]} if not prune_last else set()
+        skip |= {n for n, m in layers if isinstance(m, nn.Linear)} if not prune_linear else set()
+        if len(skip) == len(layers):
+            raise UserError(
+                f"nothing left to prune: the model's layers are {', '.join(n for n, _ in layers)} "
+                f"and prune_first={prune_first}, prune_last={prune_last}, "
+                f"prune_linear={prune_linear} keep them all dense (set prune_linear=true for an "
+                "all-Linear model such as mlp)")
         self.model = model
         self._modules: dict[str, nn.Module] = {}
         self._dense = [n for n, _ in layers if n in skip]
