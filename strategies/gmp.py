@@ -3,7 +3,9 @@
 ``d(s) = d_f + (d_i - d_f) (1 - (s - s0)/(s1 - s0))^3`` for optimizer steps s in [s0, s1],
 pruning by magnitude every ``update_period`` steps; masks only shrink. s0 and s1 are fractions
 (``begin``, ``end``) of the stream's planned optimizer steps, so the schedule is keyed to
-steps, not epochs. Any registered schedule can replace the cubic one.
+steps, not epochs. When early stopping ends a megabatch before its planned steps, the schedule
+skips to that megabatch's planned end, so the final density is still reached on time. Any
+registered schedule can replace the cubic one.
 """
 
 from __future__ import annotations
@@ -19,24 +21,36 @@ class GradualPlugin(MaskedTraining):
     def __init__(self, ctx, maskset, params: GMP):
         super().__init__(maskset)
         self.ctx, self.p = ctx, params
-        total = sum(ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches))
-        self.s0, self.s1 = params.begin * total, params.end * total
+        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
+        # planned step at which megabatch t starts (the last entry: the stream's total)
+        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
+        self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
         self.schedule = SCHEDULES.create(params.schedule)
+        self.start = 0  # ctx.step when the current megabatch began
+
+    def planned_step(self) -> int:
+        """Position on the schedule: planned steps before this megabatch plus steps taken in
+        it (not ctx.step, which falls behind the plan once early stopping cuts a megabatch)."""
+        return self.offsets[self.ctx.megabatch] + self.ctx.step - self.start
 
     def target(self, step: int) -> float:
         return self.schedule.density(progress(step, self.s0, self.s1), self.p.initial_density,
                                      self.p.final_density)
 
+    def before_training_exp(self, strategy, **kw):
+        self.start = self.ctx.step
+
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
-        s = self.ctx.step  # the clock plugin has already counted this step
+        s = self.planned_step()  # the clock plugin has already counted this step
         if s >= self.s0 and (s - int(self.s0)) % self.p.update_period == 0:
             self._shrink_to(self.target(s), strategy)
 
     def after_training_exp(self, strategy, **kw):
         # The megabatch ends at its best-validation epoch, whose snapshot may hold older,
         # denser masks; prune again so masks only shrink and the schedule holds (section 7).
-        self._shrink_to(self.target(self.ctx.step), strategy)
+        # The megabatch counts as complete on the schedule, even if early stopping cut it.
+        self._shrink_to(self.target(self.offsets[self.ctx.megabatch + 1]), strategy)
 
     def _shrink_to(self, d: float, strategy) -> None:
         if round(d * self.maskset.numel()) < self.maskset.kept():
@@ -44,7 +58,8 @@ class GradualPlugin(MaskedTraining):
                       strategy.optimizer)
 
     def metrics(self) -> dict:
-        return {**super().metrics(), "target_density": self.target(self.ctx.step)}
+        return {**super().metrics(),
+                "target_density": self.target(self.offsets[self.ctx.megabatch + 1])}
 
 
 @STRATEGIES.register("gmp")

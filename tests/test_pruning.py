@@ -50,11 +50,12 @@ def _register_spy():
             return plugins + [rec]
 
 
-def run_suite(tmp_path, strategies, **stream):
+def run_suite(tmp_path, strategies, protocol=None, **stream):
     suite = write_suite(tmp_path / "s.yaml", strategies=strategies,
                         stream={**TINY["stream"], **stream},
                         protocol={**TINY["protocol"], "optimizer": "sgd", "momentum": 0.9,
-                                  "weight_decay": 5e-3, "keep_optimizer_state": True})
+                                  "weight_decay": 5e-3, "keep_optimizer_state": True,
+                                  **(protocol or {})})
     assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--workers", "1"]) == 0
     return {d.name: d for d in (tmp_path / "o" / "tiny").iterdir()}
 
@@ -100,6 +101,22 @@ def test_gmp_shrinks_to_final_density(tmp_path):
     assert d[-1] == pytest.approx(0.3, abs=2e-3)
     # the kept model of every megabatch sits on the schedule (a best-epoch snapshot with
     # older, denser masks must not bring pruned weights back)
+    for r in rows:
+        assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
+
+
+def test_gmp_reaches_final_density_when_early_stopping_cuts_megabatches(tmp_path):
+    # 8 epochs planned per megabatch, patience 1: megabatches end early, so the steps taken
+    # fall short of the plan; the schedule must still end on the final density.
+    runs = run_suite(tmp_path, [{"name": "gmp", "params": {"final_density": 0.3, "end": 1.0,
+                                                            "update_period": 3}}],
+                     protocol={"epochs": 8, "patience": 1, "lr": 0.5})
+    rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
+    planned = 8 * sum(-(-int(0.9 * 240 * t / 4) // 32) for t in (1, 2, 3, 4))
+    assert rows[-1]["step"] < planned  # early stopping did cut the stream short
+    d = [r["density"] for r in rows]
+    assert all(a >= b for a, b in zip(d, d[1:]))
+    assert d[-1] == pytest.approx(0.3, abs=2e-3)
     for r in rows:
         assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
 
