@@ -108,9 +108,18 @@ class RunSpec:
     reference: dict | None = None
 
     def identity(self) -> dict:
-        """The fields that determine the run's numbers: hashed into its id."""
-        return {"stream": self.stream, "model": self.model, "protocol": self.protocol,
-                "strategy": self.strategy, "seed": self.seed}
+        """The fields that determine the run's numbers: hashed into its id.
+
+        A strategy class's ``revision`` (default 1) is part of it: bumping it after a fix that
+        changes the strategy's numbers gives its runs new ids, so stale results are never
+        reused. Revision 1 is left out, so ids of runs made before revisions existed hold."""
+        ident = {"stream": self.stream, "model": self.model, "protocol": self.protocol,
+                 "strategy": self.strategy, "seed": self.seed}
+        name = self.strategy["name"]
+        revision = getattr(STRATEGIES.get(name).cls, "revision", 1) if name in STRATEGIES else 1
+        if revision != 1:
+            ident["strategy_revision"] = revision
+        return ident
 
     @property
     def results_name(self) -> str:

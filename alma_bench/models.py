@@ -33,6 +33,13 @@ class MLP:
         return nn.Sequential(OrderedDict(layers))
 
 
+def build_model(config: dict, input_shape, num_classes: int) -> nn.Module:
+    """The model ``{"name": ..., **params}`` with its own initialisation (drawn from torch's
+    global RNG: seed it first)."""
+    params = dict(config)
+    return MODELS.create(params.pop("name"), **params).build(input_shape, num_classes)
+
+
 def _conv_bn(cin, cout, stride=1):
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True)]

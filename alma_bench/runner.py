@@ -26,7 +26,8 @@ from alma_bench.metrics import (
     nonzero_params,
     summarize,
 )
-from alma_bench.registry import MODELS, STRATEGIES, STREAMS
+from alma_bench.models import build_model
+from alma_bench.registry import STRATEGIES, STREAMS
 from alma_bench.store import (
     RunDir,
     load_checkpoint,
@@ -95,9 +96,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     data = load_data(spec.stream)
     stream = build_stream(data, spec.split(), seeds.stream, name=spec.stream["name"])
     torch.manual_seed(seeds.init)
-    m = dict(spec.model)
-    model = MODELS.create(m.pop("name"), **m).build(stream.input_shape, stream.num_classes)
-    model = model.to(dev)
+    model = build_model(spec.model, stream.input_shape, stream.num_classes).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     flops_total, flops_layer = layer_flops(model, stream.input_shape, dev)
@@ -134,8 +133,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         test_acc, test_err = ctx.accuracy(*stream.test_set())
         train_acc, _ = ctx.accuracy(*stream.train_set(t))
         val_acc, _ = ctx.accuracy(*stream.val_set(t))
-        best = max(range(len(ctx.epoch_log)), key=lambda i: ctx.epoch_log[i][1]) \
-            if ctx.epoch_log else 0
+        best = ctx.kept_epoch  # the epoch whose model the megabatch kept
         row = {
             "megabatch": t + 1, "step": ctx.step, "samples_seen": ctx.samples_seen,
             "train_size": len(stream.megabatches[t].train),

@@ -51,9 +51,10 @@ class AlmaSplit:
 class Megabatch:
     """Index arrays (into the training pool) of one megabatch t."""
 
-    new: np.ndarray  # the new training samples of megabatch t (|M_t|)
+    new: np.ndarray  # the new training samples of megabatch t (its 90% training part)
     train: np.ndarray  # what is trained on at t: new + replay
     val: np.ndarray  # validation: the held-out 10% of every megabatch seen so far
+    size: int  # |M_t|: the megabatch's size before its validation split
 
 
 def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
@@ -89,7 +90,8 @@ def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
         else:  # buffer: reservoir of K over everything seen, trained on with the new data
             train = np.concatenate([memory, new])
             memory, seen = _reservoir(memory, new, seen, split.buffer_size, rng)
-        out.append(Megabatch(new=new, train=np.asarray(train), val=np.concatenate(vals)))
+        out.append(Megabatch(new=new, train=np.asarray(train), val=np.concatenate(vals),
+                             size=len(part)))
     return out
 
 

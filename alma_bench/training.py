@@ -19,6 +19,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from alma_bench.config import Protocol, RunSpec, Seeds, derive
 from alma_bench.data import BatchLoader, Normalizer
+from alma_bench.sparsity.masks import BUFFER as MASK_SUFFIX
 from alma_bench.stream import AlmaStream
 
 
@@ -42,6 +43,7 @@ class RunContext:
     megabatch: int = 0
     # per-epoch (train_acc, val_acc) of the current megabatch
     epoch_log: list = field(default_factory=list)
+    kept_epoch: int = 0  # index into epoch_log of the epoch the megabatch ended with
 
     @property
     def n_megabatches(self) -> int:
@@ -179,14 +181,15 @@ class LRSchedulePlugin(SupervisedPlugin):
 
 class BestValidationPlugin(SupervisedPlugin):
     """Evaluates validation accuracy after each epoch; early stopping with patience; ends the
-    megabatch at the best-validation epoch (weights and mask buffers restored together)."""
+    megabatch at the best-validation epoch (weights and mask buffers restored together) among
+    the epochs that end with the current masks."""
 
     def __init__(self, ctx: RunContext):
         super().__init__()
         self.ctx = ctx
 
     def before_training_exp(self, strategy, **kw):
-        self.best, self.bad, self.snapshot = -1.0, 0, None
+        self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
         self.correct, self.seen = None, 0
         self.ctx.epoch_log = []
 
@@ -205,8 +208,12 @@ class BestValidationPlugin(SupervisedPlugin):
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return
+        if self.snapshot is not None and self._masks_changed(strategy.model, self.snapshot[0]):
+            # Select only among epochs with the current masks: restoring an epoch with older,
+            # denser masks would report a model never trained at its density (e.g. GMP).
+            self.best, self.bad, self.snapshot = -1.0, 0, None
         if val_acc > self.best:
-            self.best, self.bad = val_acc, 0
+            self.best, self.bad, self.best_epoch = val_acc, 0, len(self.ctx.epoch_log) - 1
             if self.ctx.protocol.keep_best:
                 opt = strategy.optimizer
                 self.snapshot = (copy.deepcopy(strategy.model.state_dict()),
@@ -217,8 +224,16 @@ class BestValidationPlugin(SupervisedPlugin):
             if self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience:
                 strategy.stop_training()
 
+    @staticmethod
+    def _masks_changed(model, state: dict) -> bool:
+        masks = {k: b for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
+        old = {k for k in state if k.endswith(MASK_SUFFIX)}
+        return masks.keys() != old or any(not torch.equal(b, state[k]) for k, b in masks.items())
+
     def after_training_exp(self, strategy, **kw):
+        self.ctx.kept_epoch = len(self.ctx.epoch_log) - 1
         if self.snapshot is not None:
+            self.ctx.kept_epoch = self.best_epoch
             model_state, opt_state = self.snapshot
             strategy.model.load_state_dict(model_state)
             if opt_state is not None:  # momentum that belongs to the kept weights

@@ -10,7 +10,7 @@ exactly on schedule at every megabatch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import MaskSet, app_densities
@@ -36,6 +36,9 @@ class ProgressivePlugin(MaskedTraining):
 @dataclass(frozen=True)
 class APP:
     """Anytime Progressive Pruning: prune a little more (nested) before each megabatch."""
+
+    # 2: the SNIP sample is 0.2 x the whole megabatch (before its validation split)
+    revision: ClassVar[int] = 2
 
     pruner: str = "snip"
     tau: float = 4.5

@@ -11,6 +11,7 @@ registered schedule can replace the cubic one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from alma_bench.registry import SCHEDULES, STRATEGIES
 from alma_bench.sparsity import MaskSet, check_density, progress
@@ -67,6 +68,9 @@ class GradualPlugin(MaskedTraining):
 class GMP:
     """Gradual magnitude pruning on a cubic schedule, every update_period steps (Zhu & Gupta)."""
 
+    # 2: the kept epoch is chosen among epochs with the current masks; schedule on planned steps
+    revision: ClassVar[int] = 2
+
     final_density: float = 0.366
     initial_density: float = 1.0
     update_period: int = 20  # optimizer steps between mask updates
@@ -75,6 +79,7 @@ class GMP:
     schedule: str = "cubic"
     prune_first: bool = True
     prune_last: bool = False
+    prune_linear: bool = True  # Zhu & Gupta prune every layer but the classifier
 
     def __post_init__(self):
         check_density(self.final_density)
@@ -88,5 +93,6 @@ class GMP:
                              f"Valid: {', '.join(SCHEDULES.names())}")
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last)
+        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
+                     prune_linear=self.prune_linear)
         return [GradualPlugin(ctx, ms, self)]

@@ -7,7 +7,7 @@ straight to the final density with the chosen pruner; the mask then stays fixed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import MaskSet, app_densities, check_density
@@ -32,6 +32,9 @@ class OneShotPlugin(MaskedTraining):
 @dataclass(frozen=True)
 class OSP:
     """Anytime one-shot pruning: prune the initial weights once to the final density."""
+
+    # 2: the SNIP sample is 0.2 x the whole megabatch (before its validation split)
+    revision: ClassVar[int] = 2
 
     density: float = APP_FINAL
     pruner: str = "snip"

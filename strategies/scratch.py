@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from avalanche.core import SupervisedPlugin
 
 from alma_bench.config import derive
+from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 
 
 class ReinitPlugin(SupervisedPlugin):
-    """Re-initialises every layer in place before megabatches t > 0, seeded per megabatch."""
+    """Before megabatches t > 0, loads a freshly built model (the model's own initialisation,
+    e.g. He init for ResNets, not torch's layer defaults), seeded per megabatch."""
 
-    def __init__(self, seed: int):
+    def __init__(self, ctx):
         super().__init__()
-        self.seed = seed
+        self.ctx = ctx
 
     def before_training_exp(self, strategy, **kw):
         t = strategy.experience.current_experience
         if t == 0:
             return  # the freshly built model is already an initialisation
+        ctx = self.ctx
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive(self.seed, "reinit", t))
-            for m in strategy.model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-                if hasattr(m, "reset_running_stats"):
-                    m.reset_running_stats()
+            torch.manual_seed(derive(ctx.seeds.init, "reinit", t))
+            fresh = build_model(ctx.spec.model, ctx.stream.input_shape, ctx.stream.num_classes)
+        # copied in place: the optimizer and the memory format keep pointing at these tensors
+        strategy.model.load_state_dict(fresh.state_dict())
         if strategy.optimizer is not None:
             strategy.optimizer.state.clear()  # no momentum from the previous model
 
@@ -38,5 +40,7 @@ class ReinitPlugin(SupervisedPlugin):
 class Scratch:
     """Re-initialise the model before every megabatch and train from scratch on its data."""
 
+    revision: ClassVar[int] = 2  # 2: re-initialised with the model's own init
+
     def plugins(self, ctx) -> list:
-        return [ReinitPlugin(ctx.seeds.init)]
+        return [ReinitPlugin(ctx)]

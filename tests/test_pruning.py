@@ -121,6 +121,16 @@ def test_gmp_reaches_final_density_when_early_stopping_cuts_megabatches(tmp_path
         assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
 
 
+def test_gmp_keeps_an_epoch_trained_with_its_masks(tmp_path):
+    # masks shrink during every epoch (end=1.0, a prune every step), so no earlier epoch has the
+    # current masks: the kept model must be the last epoch's, whatever validation says
+    runs = run_suite(tmp_path, [{"name": "gmp", "params": {"final_density": 0.2, "end": 1.0,
+                                                            "update_period": 1}}],
+                     protocol={"epochs": 4, "lr": 0.5})
+    rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
+    assert [r["best_epoch"] for r in rows] == [r["epochs_trained"] for r in rows]
+
+
 BUILTIN = sorted(n for n in STRATEGIES.names()
                  if STRATEGIES.get(n).cls.__module__.startswith("alma_bench.strategies"))
 
@@ -138,3 +148,30 @@ def test_every_registered_strategy_runs(tmp_path, name):
         if k.endswith("weight_mask"):
             w = ckpt[k[: -len("_mask")]]
             assert not w[~ckpt[k]].any(), f"{name}: masked weights of {k} are not zero"
+
+
+def test_pruner_sample_is_a_fifth_of_the_megabatch_from_the_replay_union():
+    from types import SimpleNamespace
+
+    from alma_bench.config import Seeds
+    from alma_bench.registry import STREAMS
+    from alma_bench.sparsity.plugin import pruner_sample
+    from alma_bench.stream import AlmaSplit, build_stream
+
+    data = STREAMS.create("synthetic", n_train=400, n_test=10).load()
+    stream = build_stream(data, AlmaSplit(megabatches=4, replay="all"), seed=0)
+    ctx = SimpleNamespace(stream=stream, seeds=Seeds.derive(3),
+                          batches=lambda x, y, seed: [(x[i:i + 16], y[i:i + 16])
+                                                      for i in range(0, len(y), 16)])
+    train_x = {t: stream.train_set(t)[0] for t in range(4)}
+    for t in range(4):
+        xs = torch.cat([x for x, _ in pruner_sample(ctx, t, 0.2)])
+        # |M_t| is the megabatch before its 90/10 split (100 here), not its 90 training images
+        assert len(xs) == round(0.2 * 100)
+        # drawn from the replay-inclusive training set, never from validation
+        flat = train_x[t].flatten(1)
+        assert all(bool((flat == x.flatten()).all(1).any()) for x in xs)
+        assert torch.equal(xs, torch.cat([x for x, _ in pruner_sample(ctx, t, 0.2)]))  # seeded
+    later = torch.cat([x for x, _ in pruner_sample(ctx, 3, 0.2)]).flatten(1)
+    first_mb = stream.new_set(0)[0].flatten(1)
+    assert any(bool((first_mb == x).all(1).any()) for x in later)  # replay reaches old data

@@ -65,6 +65,18 @@ def test_run_id_is_config_hash(tiny_suite):
     assert a.run_id != b.run_id
 
 
+def test_strategy_revision_enters_the_run_id(tiny_suite, monkeypatch):
+    # a fix that changes a strategy's numbers bumps its revision: its old results are not reused
+    from alma_bench.registry import STRATEGIES
+
+    dense = STRATEGIES.get("dense").cls
+    spec = load_suite(str(tiny_suite)).runs[0]
+    before = spec.run_id
+    assert "strategy_revision" not in spec.identity()  # revision 1: ids made before hold
+    monkeypatch.setattr(dense, "revision", 2, raising=False)
+    assert spec.identity()["strategy_revision"] == 2 and spec.run_id != before
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "alma_bench.cli", *args], env=env,

@@ -35,11 +35,11 @@ class MaskedTraining(SupervisedPlugin):
 
 
 def pruner_sample(ctx, t: int, fraction: float, purpose: str = "prune-sample"):
-    """A seeded sample of ``fraction x |M_t|`` examples (the new megabatch's size, not the
-    replay set's) drawn from the replay-inclusive training set of megabatch t, as batches."""
+    """A seeded sample of ``fraction x |M_t|`` examples (|M_t|: the megabatch's size before its
+    validation split, not the replay set's) drawn from the replay-inclusive training set of
+    megabatch t, as batches."""
     x, y = ctx.stream.train_set(t)
-    n_new = len(ctx.stream.megabatches[t].new)
-    k = max(1, min(len(y), int(round(fraction * n_new))))
+    k = max(1, min(len(y), int(round(fraction * ctx.stream.megabatches[t].size))))
     g = torch.Generator().manual_seed(derive(ctx.seeds.strategy, purpose, t))
     idx = torch.randperm(len(y), generator=g)[:k]
     return ctx.batches(x[idx], y[idx], seed=derive(ctx.seeds.strategy, purpose + "-order", t))
