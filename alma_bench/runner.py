@@ -142,6 +142,9 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             "epoch_gap": (ctx.epoch_log[best][0] - ctx.epoch_log[best][1]) if ctx.epoch_log
             else None,
             "epochs_trained": len(ctx.epoch_log), "best_epoch": best + 1,
+            # APP's per-epoch log: running train accuracy and validation accuracy, every epoch
+            "epoch_train_acc": [a for a, _ in ctx.epoch_log],
+            "epoch_val_acc": [v for _, v in ctx.epoch_log],
             "density": g_dens, "layer_density": dens, "nonzero_params": nonzero_params(model),
             "flops_dense": flops_total, "flops_effective": eff, "train_flops": train_flops,
             "wall_time": time.perf_counter() - start,

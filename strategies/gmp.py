@@ -10,6 +10,7 @@ registered schedule can replace the cubic one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,11 +41,15 @@ class GradualPlugin(MaskedTraining):
 
     def before_training_exp(self, strategy, **kw):
         self.start = self.ctx.step
+        s = self.planned_step()
+        if s >= self.s0:  # on schedule from the first step: d_i itself is applied at s0
+            self._shrink_to(self.target(s), strategy)
 
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
         s = self.planned_step()  # the clock plugin has already counted this step
-        if s >= self.s0 and (s - int(self.s0)) % self.p.update_period == 0:
+        # pruning steps: s0, s0 + update_period, ... (s0 rounded up to a whole step)
+        if s >= self.s0 and (s - math.ceil(self.s0)) % self.p.update_period == 0:
             self._shrink_to(self.target(s), strategy)
 
     def after_training_exp(self, strategy, **kw):

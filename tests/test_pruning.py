@@ -129,6 +129,40 @@ def test_gmp_keeps_an_epoch_trained_with_its_masks(tmp_path):
                      protocol={"epochs": 4, "lr": 0.5})
     rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
     assert [r["best_epoch"] for r in rows] == [r["epochs_trained"] for r in rows]
+    for r in rows:  # the per-epoch log, and the kept epoch's gap taken from it
+        assert len(r["epoch_train_acc"]) == len(r["epoch_val_acc"]) == r["epochs_trained"]
+        k = r["best_epoch"] - 1
+        assert r["epoch_gap"] == pytest.approx(r["epoch_train_acc"][k] - r["epoch_val_acc"][k])
+
+
+def test_gmp_starts_at_its_initial_density(tmp_path):
+    # d(s0) = d_i: with begin=0 the model is at initial_density before its first step
+    from alma_bench.strategies.gmp import GMP
+
+    seen = []
+
+    class First(SupervisedPlugin):
+        def __init__(self, ms):
+            super().__init__()
+            self.ms = ms
+
+        def before_training_iteration(self, strategy, **kw):
+            if not seen:
+                seen.append(self.ms.density())
+
+    if "gmp-first" not in STRATEGIES:
+        @STRATEGIES.register("gmp-first")
+        @dataclass(frozen=True)
+        class GmpFirst(GMP):
+            """GMP recording the density at its first step (tests only)."""
+
+            def plugins(self, ctx):
+                plugins = super().plugins(ctx)
+                return plugins + [First(plugins[0].maskset)]
+
+    run_suite(tmp_path, [{"name": "gmp-first", "params": {
+        "initial_density": 0.6, "final_density": 0.3, "update_period": 50}}])
+    assert seen and seen[0] == pytest.approx(0.6, abs=2e-3)
 
 
 BUILTIN = sorted(n for n in STRATEGIES.names()
