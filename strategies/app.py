@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from alma_bench.registry import STRATEGIES
-from alma_bench.sparsity import MaskSet, app_densities
-from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now
+from alma_bench.sparsity import app_densities
+from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now, strategy_masks
 
 
 class ProgressivePlugin(MaskedTraining):
@@ -59,6 +59,5 @@ class APP:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
-                     prune_linear=self.prune_linear)
+        ms = strategy_masks(ctx, self)
         return [ProgressivePlugin(ctx, ms, self)]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from alma_bench.registry import SCHEDULES, STRATEGIES
-from alma_bench.sparsity import MaskSet, check_density, progress
-from alma_bench.sparsity.plugin import MaskedTraining, prune_now
+from alma_bench.sparsity import check_density, progress
+from alma_bench.sparsity.plugin import MaskedTraining, prune_now, strategy_masks
 
 
 class GradualPlugin(MaskedTraining):
@@ -52,11 +52,14 @@ class GradualPlugin(MaskedTraining):
         if s >= self.s0 and (s - math.ceil(self.s0)) % self.p.update_period == 0:
             self._shrink_to(self.target(s), strategy)
 
+    def end_target(self) -> float:
+        """The density due at the planned end of the current megabatch."""
+        return self.target(self.offsets[self.ctx.megabatch + 1])
+
     def after_training_exp(self, strategy, **kw):
-        # The megabatch ends at its best-validation epoch, whose snapshot may hold older,
-        # denser masks; prune again so masks only shrink and the schedule holds (section 7).
-        # The megabatch counts as complete on the schedule, even if early stopping cut it.
-        self._shrink_to(self.target(self.offsets[self.ctx.megabatch + 1]), strategy)
+        # The megabatch counts as complete on the schedule even if early stopping cut it, so
+        # the kept model is pruned to the density due at its planned end (section 7).
+        self._shrink_to(self.end_target(), strategy)
 
     def _shrink_to(self, d: float, strategy) -> None:
         if round(d * self.maskset.numel()) < self.maskset.kept():
@@ -64,8 +67,7 @@ class GradualPlugin(MaskedTraining):
                       strategy.optimizer)
 
     def metrics(self) -> dict:
-        return {**super().metrics(),
-                "target_density": self.target(self.offsets[self.ctx.megabatch + 1])}
+        return {**super().metrics(), "target_density": self.end_target()}
 
 
 @STRATEGIES.register("gmp")
@@ -98,6 +100,5 @@ class GMP:
                              f"Valid: {', '.join(SCHEDULES.names())}")
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
-                     prune_linear=self.prune_linear)
+        ms = strategy_masks(ctx, self)
         return [GradualPlugin(ctx, ms, self)]

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from alma_bench.registry import STRATEGIES
-from alma_bench.sparsity import MaskSet, app_densities, check_density
-from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now
+from alma_bench.sparsity import app_densities, check_density
+from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now, strategy_masks
 
 # APP's final density for N = 8, tau = 4.5 (0.8 ** 4.5): OSP and APP end at the same density
 APP_FINAL = app_densities(8)[-1]
@@ -49,6 +49,5 @@ class OSP:
         check_pruner(self.pruner)
 
     def plugins(self, ctx) -> list:
-        ms = MaskSet(ctx.model, prune_first=self.prune_first, prune_last=self.prune_last,
-                     prune_linear=self.prune_linear)
+        ms = strategy_masks(ctx, self)
         return [OneShotPlugin(ctx, ms, self)]

@@ -92,42 +92,43 @@ def test_osp_density_constant_and_checkpoint_agrees(tmp_path):
         assert not ckpt[k][~ckpt[k + "_mask"]].any()
 
 
-def test_gmp_shrinks_to_final_density(tmp_path):
-    runs = run_suite(tmp_path, [{"name": "gmp", "params": {"final_density": 0.3,
-                                                            "update_period": 2}}])
-    rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
+def _gmp_rows(tmp_path, protocol=None, strategy="gmp", **params) -> list[dict]:
+    """Metrics rows of one run of ``strategy`` (GMP by default) with ``params``."""
+    runs = run_suite(tmp_path, [{"name": strategy, "params": params}], protocol=protocol)
+    return read_rows(next(iter(runs.values())) / "metrics.jsonl")
+
+
+def _assert_on_schedule(rows, final_density):
     d = [r["density"] for r in rows]
-    assert all(a >= b for a, b in zip(d, d[1:])) and d[0] < 1.0
-    assert d[-1] == pytest.approx(0.3, abs=2e-3)
+    assert all(a >= b for a, b in zip(d, d[1:]))  # masks only shrink
+    assert d[-1] == pytest.approx(final_density, abs=2e-3)
     # the kept model of every megabatch sits on the schedule (a best-epoch snapshot with
     # older, denser masks must not bring pruned weights back)
     for r in rows:
         assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
 
 
+def test_gmp_shrinks_to_final_density(tmp_path):
+    rows = _gmp_rows(tmp_path, final_density=0.3, update_period=2)
+    assert rows[0]["density"] < 1.0
+    _assert_on_schedule(rows, 0.3)
+
+
 def test_gmp_reaches_final_density_when_early_stopping_cuts_megabatches(tmp_path):
     # 8 epochs planned per megabatch, patience 1: megabatches end early, so the steps taken
     # fall short of the plan; the schedule must still end on the final density.
-    runs = run_suite(tmp_path, [{"name": "gmp", "params": {"final_density": 0.3, "end": 1.0,
-                                                            "update_period": 3}}],
-                     protocol={"epochs": 8, "patience": 1, "lr": 0.5})
-    rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
+    rows = _gmp_rows(tmp_path, {"epochs": 8, "patience": 1, "lr": 0.5}, final_density=0.3,
+                     end=1.0, update_period=3)
     planned = 8 * sum(-(-int(0.9 * 240 * t / 4) // 32) for t in (1, 2, 3, 4))
     assert rows[-1]["step"] < planned  # early stopping did cut the stream short
-    d = [r["density"] for r in rows]
-    assert all(a >= b for a, b in zip(d, d[1:]))
-    assert d[-1] == pytest.approx(0.3, abs=2e-3)
-    for r in rows:
-        assert r["density"] == pytest.approx(r["target_density"], abs=1e-3)
+    _assert_on_schedule(rows, 0.3)
 
 
 def test_gmp_keeps_an_epoch_trained_with_its_masks(tmp_path):
     # masks shrink during every epoch (end=1.0, a prune every step), so no earlier epoch has the
     # current masks: the kept model must be the last epoch's, whatever validation says
-    runs = run_suite(tmp_path, [{"name": "gmp", "params": {"final_density": 0.2, "end": 1.0,
-                                                            "update_period": 1}}],
-                     protocol={"epochs": 4, "lr": 0.5})
-    rows = read_rows(next(iter(runs.values())) / "metrics.jsonl")
+    rows = _gmp_rows(tmp_path, {"epochs": 4, "lr": 0.5}, final_density=0.2, end=1.0,
+                     update_period=1)
     assert [r["best_epoch"] for r in rows] == [r["epochs_trained"] for r in rows]
     for r in rows:  # the per-epoch log, and the kept epoch's gap taken from it
         assert len(r["epoch_train_acc"]) == len(r["epoch_val_acc"]) == r["epochs_trained"]
@@ -135,34 +136,40 @@ def test_gmp_keeps_an_epoch_trained_with_its_masks(tmp_path):
         assert r["epoch_gap"] == pytest.approx(r["epoch_train_acc"][k] - r["epoch_val_acc"][k])
 
 
-def test_gmp_starts_at_its_initial_density(tmp_path):
-    # d(s0) = d_i: with begin=0 the model is at initial_density before its first step
+class _FirstStep(SupervisedPlugin):
+    """Records the mask density at the first training step of a run."""
+
+    def __init__(self, maskset):
+        super().__init__()
+        self.ms, self.density = maskset, None
+
+    def before_training_iteration(self, strategy, **kw):
+        if self.density is None:
+            self.density = self.ms.density()
+
+
+def _register_gmp_spy():
+    if "gmp-first" in STRATEGIES:
+        return
     from alma_bench.strategies.gmp import GMP
 
-    seen = []
+    @STRATEGIES.register("gmp-first")
+    @dataclass(frozen=True)
+    class GmpFirst(GMP):
+        """GMP recording the density at its first step (tests only)."""
 
-    class First(SupervisedPlugin):
-        def __init__(self, ms):
-            super().__init__()
-            self.ms = ms
+        def plugins(self, ctx):
+            plugins = super().plugins(ctx)
+            GmpFirst.last = _FirstStep(plugins[0].maskset)
+            return plugins + [GmpFirst.last]
 
-        def before_training_iteration(self, strategy, **kw):
-            if not seen:
-                seen.append(self.ms.density())
 
-    if "gmp-first" not in STRATEGIES:
-        @STRATEGIES.register("gmp-first")
-        @dataclass(frozen=True)
-        class GmpFirst(GMP):
-            """GMP recording the density at its first step (tests only)."""
-
-            def plugins(self, ctx):
-                plugins = super().plugins(ctx)
-                return plugins + [First(plugins[0].maskset)]
-
-    run_suite(tmp_path, [{"name": "gmp-first", "params": {
-        "initial_density": 0.6, "final_density": 0.3, "update_period": 50}}])
-    assert seen and seen[0] == pytest.approx(0.6, abs=2e-3)
+def test_gmp_starts_at_its_initial_density(tmp_path):
+    # d(s0) = d_i: with begin=0 the model is at initial_density before its first step
+    _register_gmp_spy()
+    _gmp_rows(tmp_path, strategy="gmp-first", initial_density=0.6, final_density=0.3,
+              update_period=50)
+    assert STRATEGIES.get("gmp-first").cls.last.density == pytest.approx(0.6, abs=2e-3)
 
 
 BUILTIN = sorted(n for n in STRATEGIES.names()

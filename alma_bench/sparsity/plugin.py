@@ -34,6 +34,13 @@ class MaskedTraining(SupervisedPlugin):
         return {"dense_layers": list(self.maskset.dense_layers)}
 
 
+def strategy_masks(ctx, params) -> MaskSet:
+    """The mask set over ``ctx.model`` with the layer choice of a strategy's parameters
+    (``prune_first``, ``prune_last``, ``prune_linear``)."""
+    return MaskSet(ctx.model, prune_first=params.prune_first, prune_last=params.prune_last,
+                   prune_linear=params.prune_linear)
+
+
 def pruner_sample(ctx, t: int, fraction: float, purpose: str = "prune-sample"):
     """A seeded sample of ``fraction x |M_t|`` examples (|M_t|: the megabatch's size before its
     validation split, not the replay set's) drawn from the replay-inclusive training set of
