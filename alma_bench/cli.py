@@ -1,15 +1,18 @@
-"""alma-bench command line: list | run | show | report | perf.
+"""alma-bench command line: list | run | show | compare | report | perf.
 
 Heavy imports (torch, Avalanche) happen inside the commands that need them, so ``list`` and
-errors answer fast. Every user error prints one line and exits with code 2.
+errors answer fast. Every user error prints one line and exits with code 2; exit codes are
+listed in alma_bench/errors.py and the README ("Exit codes").
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from alma_bench.errors import UserError
@@ -25,15 +28,30 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _parser()
     args = parser.parse_args(argv)
+    # Warnings (e.g. a third-party UserWarning at import) are held back while the command
+    # runs: an error stays one line, and a command that succeeds shows them at its end.
+    with warnings.catch_warnings(record=True) as held:
+        try:
+            code = _command(args)
+        except UserError as e:
+            print(f"alma-bench: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except OSError as e:  # a path the command reads or writes is not usable
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"alma-bench: error: {where}{e.strerror or e}", file=sys.stderr)
+            return 3
+    for w in held:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
+
+
+def _command(args) -> int:
     try:
         for f in getattr(args, "plugin", None) or []:
             from alma_bench.registry import load_plugin_file
 
             load_plugin_file(f)
         return args.func(args) or 0
-    except UserError as e:
-        print(f"alma-bench: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("alma-bench: interrupted; finished megabatches are saved, run again to resume",
               file=sys.stderr)
@@ -41,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from alma_bench import __version__
+
     p = argparse.ArgumentParser(prog="alma-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"alma-bench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="list suites or registered components")
@@ -56,24 +77,52 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite field, e.g. protocol.epochs=2 or stream.subset=5000")
+    r.add_argument("--grid", dest="sets", action=_GridAction, metavar="KEY=[V1,V2]",
+                   help="one run per value (cartesian over several --grid), e.g. "
+                        "protocol.lr=[0.1,0.01] or strategies.osp-snip.density=[0.1,0.2]; "
+                        "the same as --set grid.KEY=[...]")
     r.add_argument("--out", default="results", help="results directory (default: results)")
     r.add_argument("--plugin", action="append", metavar="FILE", help="load a plugin file")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     r.add_argument("--workers", type=int, default=None,
-                   help="parallel runs in a process pool (default: one per CPU core, at most "
-                        "one per run; each gets cores/workers torch threads)")
+                   help="parallel runs in a process pool (default: cores / --threads, at most "
+                        "one per run)")
     r.add_argument("--executor", choices=("local", "ray"), default="local")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
-    r.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    r.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                   help="GPUs per run as a Ray task (default: 1 when the device is CUDA, else 0)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="rerun runs that failed before (without it they are skipped and listed)")
+    r.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="skip runs another alma-bench process is training instead of waiting "
+                        "for them")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (default 1). Part of each run's identity: CPU "
+                        "kernels split their sums by thread count, so numbers differ with it")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     r.add_argument("--tensorboard", metavar="DIR", help="write per-megabatch TensorBoard scalars")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and stop")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("show", help="table of a results directory (mean and std over seeds)")
+    s = sub.add_parser("show", help="table of a results directory (mean and std over seeds "
+                                    "per config)")
     s.add_argument("results")
+    s.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex"))
+    s.add_argument("--metrics", nargs="+", action="extend", metavar="M",
+                   help="summary metrics to show (default: final_test_acc cer cer_count "
+                        "final_gen_gap final_density wall_time)")
     s.set_defaults(func=cmd_show)
+
+    c = sub.add_parser("compare", help="paired differences against a baseline, with 95%% "
+                                       "t-intervals over shared seeds")
+    c.add_argument("results")
+    c.add_argument("--baseline", default=None, metavar="LABEL",
+                   help="group or strategy label to compare against (default: dense if "
+                        "present, else the first group)")
+    c.add_argument("--metric", dest="metrics", nargs="+", action="extend", metavar="M",
+                   help="summary metrics (default: final_test_acc cer)")
+    c.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="figures and tables of a results directory")
     rep.add_argument("results")
@@ -81,6 +130,20 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--command", default=None,
                      help="the command to record as having made the results (default: this one)")
     rep.set_defaults(func=cmd_report)
+
+    ag = sub.add_parser("train-agent", help="train a RecurrentPPO schedule agent for a suite's "
+                                            "rl-schedule (stream, model, protocol, params)")
+    ag.add_argument("suite")
+    ag.add_argument("--episodes", type=int, default=25, help="training episodes (default 25)")
+    ag.add_argument("--envs", type=int, default=1,
+                    help="parallel environments, one process and torch thread each when > 1")
+    ag.add_argument("--out", default=None,
+                    help="agent file (.zip; its env config is written beside it as .json); "
+                         "default agents/<suite>[-<scale>].zip")
+    ag.add_argument("--scale", help="scale preset of the suite")
+    ag.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a suite field, as in run")
+    ag.set_defaults(func=cmd_train_agent)
 
     pf = sub.add_parser("perf", help="measure the harness against a bare PyTorch loop")
     from alma_bench.perf import configure_parser
@@ -123,48 +186,111 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 
 
 def cmd_run(args) -> int:
-    from alma_bench.config import load_suite
+    from alma_bench.plan import plan
     from alma_bench.store import RunDir
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     strategies = args.strategies.split(",") if args.strategies else None
-    suite = load_suite(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"))
+    suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
+                 threads=args.threads)
     out = Path(args.out)
+    states = {s.run_id: RunDir(out, s.results_name, s.run_id).inspect()[0] for s in suite.runs}
+    todo = [s for s in suite.runs if states[s.run_id] != "done"]
     if args.dry_run:
+        from alma_bench.runner import resolve_device
+
+        dev = resolve_device(args.device)  # a bad device fails here too
+        waiting = {s.run_id for s in todo}
         for spec in suite.runs:
-            print(f"{spec.run_id}  {spec.label:16s} seed={spec.seed}  "
-                  f"stream={spec.stream['name']} model={spec.model['name']} "
+            state = "would train" if spec.run_id in waiting else "done"
+            if states[spec.run_id] == "failed":
+                state = "failed: would retry" if args.retry_failed else "failed: skipped"
+            deps = f" after {','.join(spec.deps.values())}" if spec.deps else ""
+            print(f"{spec.run_id}  {spec.label:16s} seed={spec.seed}  {state}{deps}  "
                   f"strategy={spec.strategy}")
+        workers = _workers(args.workers, len(todo), args.threads)
         print(f"{len(suite.runs)} runs of suite '{suite.name}'"
-              + (f" (scale {suite.scale})" if suite.scale else ""))
+              + (f" (scale {suite.scale})" if suite.scale else "")
+              + f": {len(suite.runs) - len(todo)} done, {len(todo)} would train on {dev}, "
+              f"{workers} worker(s) x {args.threads} torch thread(s); results in "
+              f"{out / suite.results_name}")
+        if suite.runs:
+            r = suite.runs[0]
+            print("resolved: " + json.dumps({"stream": r.stream, "model": r.model,
+                                              "protocol": r.protocol}, default=str))
         return 0
     from alma_bench.runner import resolve_device
 
     resolve_device(args.device)  # fail on a bad device before any work
-    todo = [s for s in suite.runs if not RunDir(out, s.results_name, s.run_id).is_done()]
+    _prepare(out / suite.results_name)
+    _note_reused(suite.runs, todo, out, args)
     done = len(suite.runs) - len(todo)
+    bad = []
     if not todo:
         print(f"all {len(suite.runs)} runs of suite '{suite.name}' were already done "
               f"(results in {out / suite.results_name})")
     else:
         if done:
             print(f"{done} of {len(suite.runs)} runs already done; running {len(todo)}")
-        _execute(todo, args, out)
-    # only this invocation's runs: the folder may hold runs of other --set variants
-    cmd_show(argparse.Namespace(results=str(out / suite.results_name), labels=suite.labels,
-                                run_ids={s.run_id for s in suite.runs}))
-    return 0
+        results = _execute(todo, args, out)
+        bad = [(s, o) for s, o in results if o.state != "done"]
+    finished = {s.run_id for s in suite.runs} - {s.run_id for s, _ in bad}
+    if finished:  # only this invocation's runs: the folder may hold other --set variants
+        cmd_show(argparse.Namespace(results=str(out / suite.results_name),
+                                    labels=suite.labels, run_ids=finished))
+    return _report_failures(bad, len(suite.runs))
+
+
+def _prepare(folder: Path) -> None:
+    """Before any work: the results folder must be writable (else one line, exit 3), and
+    temporary files of writers that were killed go."""
+    from alma_bench.store import check_writable, clean_stale_tmp
+
+    check_writable(folder)
+    for run in folder.iterdir():
+        if run.is_dir():
+            clean_stale_tmp(run)
+
+
+def _report_failures(bad, total: int) -> int:
+    """One line per run that did not finish; exit code 4 when there is any (else 0)."""
+    if not bad:
+        return 0
+    print(f"alma-bench: {len(bad)} of {total} runs did not finish (exit code 4):",
+          file=sys.stderr)
+    for spec, o in bad:
+        what = {"failed": "failed", "skipped": "failed before, skipped (--retry-failed reruns "
+                "it)" if o.log else "skipped", "busy": "left to another process"}[o.state]
+        log = f"; traceback in {o.log}" if o.log else ""
+        print(f"  {spec.label} seed {spec.seed} ({spec.run_id}): {what}: {o.error or o.owner}"
+              f"{log}", file=sys.stderr)
+    return 4
+
+
+def _note_reused(runs, todo, out, args) -> None:
+    """One line per finished run reused under a different environment (never silent)."""
+    from alma_bench.provenance import invocation, note_reuse
+    from alma_bench.store import RunDir, read_json
+
+    waiting = {s.run_id for s in todo}
+    env = invocation(args.plugin)
+    for spec in runs:
+        if spec.run_id not in waiting:
+            note_reuse(spec, read_json(RunDir(out, spec.results_name, spec.run_id).config) or {},
+                       args.device, env)
 
 
 def _execute(todo, args, out):
     from tqdm import tqdm
 
     from alma_bench.executors import Job, run_pool, run_ray, run_serial
+    from alma_bench.provenance import invocation
 
     job = Job(out=out, device=args.device, plugins=tuple(args.plugin or ()),
               channels_last=args.channels_last, tensorboard=args.tensorboard,
-              threads=args.threads)
+              env=invocation(args.plugin), retry_failed=args.retry_failed, wait=args.wait,
+              gpus=args.ray_gpus)
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
                     position=0, leave=True)
     mb_bar = None
@@ -173,6 +299,13 @@ def _execute(todo, args, out):
         runs_bar.update(1)
         runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: "
                                  f"acc {summary['final_test_acc']:.3f}")
+
+    def on_failed(spec, outcome):
+        runs_bar.update(1)
+        runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: {outcome.state}")
+
+    def say(line):  # a line between progress bars, not through them
+        tqdm.write(f"alma-bench: {line}", file=sys.stderr)
 
     def on_megabatch(t, n, row):
         nonlocal mb_bar
@@ -186,29 +319,31 @@ def _execute(todo, args, out):
         mb_bar.set_postfix_str(f"test acc {row['test_acc']:.3f}")
 
     try:
+        hooks = dict(on_done=on_done, on_failed=on_failed, say=say)
         if args.executor == "ray":
-            run_ray(todo, job, args.ray_address, on_done=on_done)
-        elif (workers := _workers(args.workers, len(todo))) > 1:
-            run_pool(todo, job, workers, on_done=on_done)
-        else:
-            run_serial(todo, job, on_done=on_done, on_megabatch=on_megabatch)
+            return run_ray(todo, job, args.ray_address, **hooks)
+        if (workers := _workers(args.workers, len(todo), args.threads)) > 1:
+            return run_pool(todo, job, workers, **hooks)
+        return run_serial(todo, job, on_megabatch=on_megabatch, **hooks)
     finally:
         if mb_bar is not None:
             mb_bar.close()
         runs_bar.close()
 
 
-def _workers(requested: int | None, n_runs: int) -> int:
+def _workers(requested: int | None, n_runs: int, threads: int = 1) -> int:
     """Small models train faster as parallel one-thread runs than as one multi-thread run
-    (measured: see reports/perf.md), so a grid uses every core by default."""
+    (measured: see reports/perf.md), so a grid uses every core by default: cores / threads
+    workers, at most one per run."""
     import os
 
     if requested is not None:
         return requested
-    return max(1, min(os.cpu_count() or 1, n_runs))
+    return max(1, min((os.cpu_count() or 1) // max(1, threads), n_runs))
 
 
 def cmd_show(args) -> int:
+    from alma_bench import tables
     from alma_bench.results import load, summary_table
 
     res = load(args.results)
@@ -216,41 +351,57 @@ def cmd_show(args) -> int:
     ids = getattr(args, "run_ids", None)
     if ids is not None:
         runs = runs[runs["run_id"].isin(ids)]
-    table = summary_table(runs)
-    print(format_table(table, getattr(args, "labels", None)))
+    metrics = tables.check_metrics(runs, getattr(args, "metrics", None), tables.DEFAULT_METRICS)
+    # groups are labelled for the rows shown: after a run, only this invocation's config
+    table = tables.in_order(summary_table(runs, metrics), getattr(args, "labels", None))
+    text = tables.render(table, metrics, getattr(args, "format", "table"))
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
-def format_table(table, order=None) -> str:
-    """Mean ± std over seeds per strategy, as aligned text."""
-    cols = [("final_test_acc", "final acc %", 100), ("cer", "CER", 1),
-            ("cer_count", "CER count", 1), ("final_gen_gap", "gap %", 100),
-            ("final_density", "density", 1), ("wall_time", "time s", 1)]
-    rows = []
-    for _, r in table.iterrows():
-        cells = [str(r["label"]), str(int(r["n_seeds"]))]
-        for key, _, scale in cols:
-            m, s = r.get(f"{key}_mean"), r.get(f"{key}_std")
-            cells.append(_pm(m, s, scale))
-        rows.append(cells)
-    if order:
-        rank = {label: i for i, label in enumerate(order)}
-        rows.sort(key=lambda c: rank.get(c[0], len(rank)))
-    header = ["strategy", "seeds", *[c[1] for c in cols]]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+def cmd_compare(args) -> int:
+    from alma_bench import compare, tables
+    from alma_bench.results import load
+
+    runs = load(args.results).runs
+    metrics = tables.check_metrics(runs, args.metrics, compare.DEFAULT_METRICS)
+    print(compare.format_text(compare.paired(runs, args.baseline, metrics)))
+    return 0
 
 
-def _pm(m, s, scale) -> str:
-    import math
+class _GridAction(argparse.Action):
+    """``--grid KEY=[...]`` is ``--set grid.KEY=[...]``: one list of suite edits, applied in
+    command-line order, and the suite's own ``grid`` section does the expanding."""
 
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return "-"
-    if s is None or (isinstance(s, float) and math.isnan(s)):
-        return f"{m * scale:.2f}"
-    return f"{m * scale:.2f} ± {s * scale:.2f}"
+    def __call__(self, parser, namespace, value, option_string=None):
+        # a copy: argparse shares the default list between parses
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), f"grid.{value}"])
+
+
+def cmd_train_agent(args) -> int:
+    from alma_bench.config import Seeds, derive
+    from alma_bench.strategies.rl_schedule import _rl
+
+    agent = _rl()[0]  # a one-line error without the rl extra
+    strategy, config, seed, name = agent.suite_config(args.suite, args.scale, args.sets)
+    out = Path(args.out or f"agents/{name}.zip")
+    # the seed an in-run rl-schedule of the suite's first seed uses: the same agent
+    s = Seeds.derive(seed).strategy
+    model, returns, secs = agent.train_agent(config, args.episodes, args.envs,
+                                             seed=derive(s, "rl-agent"),
+                                             train_fraction=strategy.train_fraction,
+                                             progress=True)
+    agent.save_agent(model, out, config, {"episodes": len(returns), "returns": returns,
+                                          "train_s": secs, "suite": args.suite,
+                                          "scale": args.scale, "sets": args.sets})
+    # an unseen network (a new initialisation) on the full training set, deterministically
+    ev = agent.evaluate(model, config, seed=derive(s, "rl-unseen"))
+    last = returns[-10:]
+    print(f"agent saved to {out} (config {agent.config_path(out)}): {len(returns)} episodes in "
+          f"{secs:.1f} s, mean reward of the last {len(last)} {sum(last) / len(last):.3f}")
+    print(f"unseen network: final val acc {ev['val_acc']:.3f} at density {ev['density']:.4f} "
+          f"over {len(ev['schedule'])} decisions")
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -1,105 +1,374 @@
 """Where runs execute: in this process, a local process pool, or a Ray cluster.
 
-Each executor takes RunSpecs and returns (spec, summary) pairs; a run's result directory is
+Each executor takes RunSpecs and returns (spec, Outcome) pairs; a run's result directory is
 its only output, so executors are interchangeable and a killed suite resumes where it was.
+Every executor runs each run under its lock (alma_bench/locks.py): several invocations on one
+results folder train each run once, and wait for (or skip) runs another one is training. A run
+that raises or diverges is recorded as failed in its folder and the others go on; a UserError
+(bad input, an unusable results path) stops everything.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+import contextlib
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from alma_bench.config import RunSpec
+from alma_bench.errors import FATAL_ERRNOS, UserError, store_error
+from alma_bench.locks import RunLock, holder
+
+POLL = 0.5  # seconds between looks at the lock of a run another process is training
+
+
+@dataclass
+class Outcome:
+    """What became of one run: ``done`` (with its summary), ``failed`` (this time: error and
+    log), ``skipped`` (failed before, or its dependency did not finish), ``busy`` (another
+    process is training it) or ``error`` (a UserError: it stops the invocation)."""
+
+    state: str
+    summary: dict | None = None
+    error: str | None = None
+    log: str | None = None
+    owner: str | None = None
+    exc: BaseException | None = None
+    notes: list[str] = field(default_factory=list)  # lines to print (from worker processes)
 
 
 @dataclass
 class Job:
-    """Runtime settings shared by every run of one invocation (not part of run identity)."""
+    """Runtime settings shared by every run of one invocation (not part of run identity; the
+    thread count is, so it lives on each RunSpec)."""
 
     out: Path
     device: str = "auto"
     plugins: tuple[str, ...] = ()  # plugin files/modules to import in worker processes
     channels_last: bool = False
     tensorboard: str | None = None
-    threads: int | None = None
+    env: dict | None = None  # provenance of the invocation (command, plugin hashes)
+    retry_failed: bool = False  # rerun runs that failed before this invocation started
+    wait: bool = True  # a run another process is training: wait for it (else skip it)
+    gpus: float | None = None  # GPUs per Ray task (default: 1 when the device is CUDA)
+    started: float = field(default_factory=time.time)
 
 
-def _worker_init(plugins, threads):
-    import torch
+def _worker_init(plugins, pool: bool = True):
+    import signal
 
     from alma_bench.registry import load_modules
 
-    torch.set_num_threads(threads)
+    if pool:  # Ctrl-C is the parent's to handle: it stops pool workers with SIGTERM, which
+        # a worker defers until its megabatch's files are written (store.signals_deferred)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     load_modules(list(plugins))
 
 
-def _execute(spec: RunSpec, job: Job, progress=None) -> dict:
+def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
+    """One run in this process under its lock; failures are recorded, never raised (a
+    UserError comes back as an ``error`` outcome: it stops the whole invocation)."""
+    from alma_bench.store import RunDir
+
+    notes: list[str] = []
+    rd = RunDir(job.out, spec.results_name, spec.run_id)
+    try:
+        outcome = _locked(spec, job, rd, progress, note or notes.append)
+    except UserError as e:
+        outcome = Outcome("error", error=str(e), exc=e)
+    outcome.notes = notes
+    return outcome
+
+
+def _locked(spec, job, rd, progress, say) -> Outcome:
     from alma_bench.runner import execute
+    from alma_bench.store import ensure_dir
 
-    return execute(spec, job.out, job.device, progress=progress,
-                   channels_last=job.channels_last, tensorboard=job.tensorboard)
+    def run():
+        return execute(spec, job.out, job.device, progress=progress,
+                       channels_last=job.channels_last, tensorboard=job.tensorboard,
+                       env=job.env, note=say)
 
-
-def run_serial(specs, job: Job, on_done=None, on_megabatch=None):
-    """Runs one after another in this process (progress per megabatch)."""
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    results = []
-    for spec in specs:
-        summary = _execute(spec, job, progress=on_megabatch)
-        results.append((spec, summary))
-        if on_done:
-            on_done(spec, summary)
-    return results
-
-
-def run_pool(specs, job: Job, workers: int, on_done=None):
-    """Runs in ``workers`` processes, each with cores/workers torch threads so they do not
-    oversubscribe the CPU (the spawn context keeps CUDA and OpenMP state out of children)."""
-    threads = job.threads or max(1, (os.cpu_count() or 1) // workers)
-    results = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(job.plugins, threads)) as pool:
-        futures = {pool.submit(_execute, s, job): s for s in specs}
-        for f in as_completed(futures):
-            spec = futures[f]
-            summary = f.result()
-            results.append((spec, summary))
-            if on_done:
-                on_done(spec, summary)
-    order = {s.run_id: i for i, s in enumerate(specs)}
-    return sorted(results, key=lambda r: order[r[0].run_id])
+    if rd.is_done():
+        return Outcome("done", summary=run())  # reused (run() says so if the env differs)
+    ensure_dir(rd.path)
+    lock = RunLock(rd.lock)
+    owner = lock.try_acquire()
+    if owner is not None:
+        return Outcome("busy", owner=str(owner))
+    try:
+        status = rd.read_status()[0] or {}
+        if status.get("state") == "failed":
+            # failed before this invocation: rerun only when asked to, and at most once
+            if not job.retry_failed or status.get("failed_at", 0) >= job.started:
+                return Outcome("skipped", error=status.get("error"), log=str(rd.error_log))
+            rd.reset()
+        try:
+            return Outcome("done", summary=run())
+        except UserError:
+            raise
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
+                raise store_error(e.filename or rd.path, e) from None
+            error = (f"{type(e).__name__}: {e}".splitlines() or [""])[0]
+            rd.record_failure(error, traceback.format_exc())
+            return Outcome("failed", error=error, log=str(rd.error_log))
+    finally:
+        lock.release()
 
 
-def run_ray(specs, job: Job, address: str | None = None, on_done=None):
-    """Runs as Ray tasks (one CPU each, or one GPU each when the device is CUDA)."""
+def _died(spec: RunSpec, job: Job, why: str) -> Outcome:
+    """Record the failure of a run whose worker process died (it could not record it)."""
+    from alma_bench.store import RunDir
+
+    rd = RunDir(job.out, spec.results_name, spec.run_id)
+    lock = RunLock(rd.lock)
+    if lock.try_acquire() is None:  # the dead worker's lock is stale: taken over
+        try:
+            rd.record_failure(why, why + "\n")
+        finally:
+            lock.release()
+    return Outcome("failed", error=why, log=str(rd.error_log))
+
+
+def dependency_order(specs) -> list[RunSpec]:
+    """``specs`` with every run after the runs it depends on (stable otherwise)."""
+    by_id = {s.run_id: s for s in specs}
+    out, seen = [], set()
+
+    def visit(s, path=()):
+        if s.run_id in seen:
+            return
+        if s.run_id in path:
+            raise ValueError(f"dependency cycle through run '{s.label}'")
+        for dep in (s.deps or {}).values():
+            if dep in by_id:
+                visit(by_id[dep], (*path, s.run_id))
+        seen.add(s.run_id)
+        out.append(s)
+
+    for s in specs:
+        visit(s)
+    return out
+
+
+class _Schedule:
+    """What may start now: runs whose dependencies are done, and runs another process was
+    training once its lock is free. Runs that depend on a failed run are skipped."""
+
+    def __init__(self, specs, job: Job, on_done=None, on_failed=None, say=None):
+        self.job, self.on_done, self.on_failed = job, on_done, on_failed
+        self.say = say or (lambda line: print(f"alma-bench: {line}", file=sys.stderr))
+        self.specs = list(specs)
+        self.waiting = dependency_order(specs)
+        self.unfinished = {s.run_id for s in self.waiting}
+        self.bad: set[str] = set()  # failed, skipped, or left to another process
+        self.busy: dict[str, RunSpec] = {}
+        self.outcomes: dict[str, Outcome] = {}
+
+    @property
+    def open(self) -> bool:
+        return bool(self.waiting or self.busy)
+
+    def ready(self) -> list[RunSpec]:
+        out = []
+        for s in list(self.waiting):  # in dependency order: a skip reaches dependents of
+            deps = list((s.deps or {}).values())  # dependents in the same pass
+            if blocked := [d for d in deps if d in self.bad]:
+                self.waiting.remove(s)
+                self.finish(s, Outcome("skipped", error=f"its dependency, run {blocked[0]}, "
+                                                        "did not finish"))
+            elif not any(d in self.unfinished for d in deps):
+                self.waiting.remove(s)
+                out.append(s)
+        for run_id, s in list(self.busy.items()):
+            if holder(self._dir(s).lock) is None:  # released (or its owner died): go on
+                del self.busy[run_id]
+                out.append(s)
+        return out
+
+    def _dir(self, s):
+        from alma_bench.store import RunDir
+
+        return RunDir(self.job.out, s.results_name, s.run_id)
+
+    def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        for line in outcome.notes:
+            self.say(line)
+        if outcome.state == "error":
+            raise outcome.exc
+        name = f"run {spec.label} seed {spec.seed} ({spec.run_id})"
+        if outcome.state == "busy":
+            if self.job.wait:
+                self.say(f"{name} is being trained by {outcome.owner}; waiting for it")
+                self.busy[spec.run_id] = spec
+                return
+            self.say(f"{name} is being trained by {outcome.owner}; skipped (--no-wait)")
+        self.unfinished.discard(spec.run_id)
+        self.outcomes[spec.run_id] = outcome
+        if outcome.state == "done":
+            if self.on_done:
+                self.on_done(spec, outcome.summary)
+            return
+        self.bad.add(spec.run_id)
+        if self.on_failed and outcome.state != "busy":
+            self.on_failed(spec, outcome)
+
+    def idle(self, running: bool = False) -> None:
+        if not (self.busy or running):
+            raise RuntimeError("scheduler stuck: runs wait on runs that never start")
+        time.sleep(POLL)
+
+    def results(self) -> list[tuple[RunSpec, Outcome]]:
+        return [(s, self.outcomes[s.run_id]) for s in self.specs if s.run_id in self.outcomes]
+
+
+def run_serial(specs, job: Job, on_done=None, on_megabatch=None, on_failed=None, say=None):
+    """Runs one after another in this process (dependencies first; progress per megabatch).
+    Returns (spec, Outcome) pairs in the order of ``specs``."""
+    sched = _Schedule(specs, job, on_done, on_failed, say)
+    while sched.open:
+        batch = sched.ready()
+        if not batch:
+            sched.idle()
+        for spec in batch:
+            sched.finish(spec, _execute(spec, job, progress=on_megabatch, note=sched.say))
+    return sched.results()
+
+
+def run_pool(specs, job: Job, workers: int, on_done=None, on_failed=None, say=None):
+    """Runs in ``workers`` processes (the spawn context keeps CUDA and OpenMP state out of
+    children). A run is submitted once the runs it depends on have finished. When a worker
+    dies (killed, out of memory) the pool breaks and every run in it stops; those runs are
+    retried one at a time, so only a run that kills its worker alone is marked failed."""
+    sched = _Schedule(specs, job, on_done, on_failed, say)
+    pool = _pool(workers, job)
+    futures: dict = {}
+    suspects: list[RunSpec] = []
+    solo = None  # the suspect running alone
+    try:
+        while sched.open or futures or suspects:
+            if solo is None and suspects and not futures:
+                solo = suspects.pop(0)
+                futures[pool.submit(_execute, solo, job)] = solo
+            elif solo is None and not suspects:
+                for s in sched.ready():
+                    futures[pool.submit(_execute, s, job)] = s
+            if not futures:
+                sched.idle()
+                continue
+            done, _ = wait(futures, timeout=POLL if sched.busy else None,
+                           return_when=FIRST_COMPLETED)
+            crashed = []
+            for f in done:
+                s = futures.pop(f)
+                try:
+                    outcome = f.result()
+                except BrokenProcessPool:
+                    crashed.append(s)
+                    continue
+                solo = None if s is solo else solo
+                sched.finish(s, outcome)
+            if crashed or getattr(pool, "_broken", False):
+                crashed += futures.values()
+                futures.clear()
+                if solo is not None:
+                    sched.finish(solo, _died(solo, job, "its worker process died (killed by a "
+                                                        "signal, e.g. out of memory)"))
+                    crashed.remove(solo)
+                    solo = None
+                suspects += crashed
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _pool(workers, job)
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+    return sched.results()
+
+
+def _pool(workers: int, job: Job) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(job.plugins,))
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop at once (Ctrl-C, a UserError): SIGTERM every worker, which finishes writing the
+    files of its megabatch first (store.signals_deferred); runs resume from there."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_ray(specs, job: Job, address: str | None = None, on_done=None, on_failed=None,
+            say=None):
+    """Runs as Ray tasks on a local instance or the cluster at ``address``: ``threads`` CPUs
+    each and ``job.gpus`` GPUs (default 1 when the device is CUDA). A run is submitted once the
+    runs it depends on have finished; a task whose worker dies is recorded as failed."""
     try:
         import ray
     except ImportError:
-        from alma_bench.errors import UserError
-
         raise UserError("executor 'ray' needs Ray: pip install 'alma-bench[ray]'") from None
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    gpus = 1 if job.device.startswith("cuda") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(_ray_task)
-    refs = {remote.remote(s, job): s for s in specs}
-    results = []
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        spec = refs[done[0]]
-        summary = ray.get(done[0])
-        results.append((spec, summary))
-        if on_done:
-            on_done(spec, summary)
-    return results
+    _ray_init(ray, address)
+    gpus = job.gpus if job.gpus is not None else float(_wants_cuda(job.device))
+    # max_retries=0: a crashed run is reported, not silently trained twice
+    task = ray.remote(max_retries=0)(_ray_task)
+    sched = _Schedule(specs, job, on_done, on_failed, say)
+    refs: dict = {}
+    try:
+        while sched.open or refs:
+            for s in sched.ready():
+                refs[task.options(num_cpus=s.threads, num_gpus=gpus).remote(s, job)] = s
+            if not refs:
+                sched.idle()
+                continue
+            done, _ = ray.wait(list(refs), num_returns=1,
+                               timeout=POLL if sched.busy else None)
+            for ref in done:
+                s = refs.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    outcome = _died(s, job, f"its Ray task died ({type(e).__name__})")
+                sched.finish(s, outcome)
+    except BaseException:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)  # a cancelled task's worker gets KeyboardInterrupt
+        raise
+    return sched.results()
+
+
+def _ray_init(ray, address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    except Exception as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"could not start or reach {where}: {first}") from None
+
+
+def _wants_cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def _ray_task(spec, job):
-    _worker_init(job.plugins, job.threads or 1)
+    _worker_init(job.plugins, pool=False)  # ray.cancel interrupts a task with SIGINT
     return _execute(spec, job)

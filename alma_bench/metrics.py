@@ -74,6 +74,43 @@ def effective_flops(total: int, per_layer: dict[str, int], density: dict[str, fl
     return total - sum(f * (1.0 - density.get(n, 1.0)) for n, f in per_layer.items())
 
 
+class FlopMeter:
+    """Effective forward FLOPs per sample under the masks in force right now.
+
+    Densities only change at mask updates, so the count is redone only when a ``weight_mask``
+    buffer changed (its version counter moves on every in-place write): per-step training
+    FLOPs cost a few attribute reads per step. Layers without a mask count at the share of
+    non-zero weights measured by :meth:`refresh` (once per megabatch).
+    """
+
+    def __init__(self, model: nn.Module, total: int, per_layer: dict[str, int]):
+        self.total, self.per_layer = total, per_layer
+        self.layers = prunable_layers(model)
+        self._key = None
+        self._value = float(total)
+        self._unmasked: dict[str, float] = {}
+
+    def refresh(self) -> None:
+        """Re-measure the layers without masks (their zeros are not tracked per step)."""
+        self._unmasked = {}
+        for name, m in self.layers:
+            if getattr(m, "weight_mask", None) is None:
+                self._unmasked[name] = int(torch.count_nonzero(m.weight)) / m.weight.numel()
+        self._key = None
+
+    def per_sample(self) -> float:
+        masks = [(n, getattr(m, "weight_mask", None)) for n, m in self.layers]
+        key = tuple((id(b), b._version) for _, b in masks if b is not None)
+        if key != self._key:
+            dens = dict(self._unmasked)
+            for n, b in masks:
+                if b is not None:
+                    dens[n] = int(b.sum()) / b.numel()
+            self._value = effective_flops(self.total, self.per_layer, dens)
+            self._key = key
+        return self._value
+
+
 def summarize(rows: list[dict]) -> dict:
     """The run summary from its megabatch rows (cer: error rate summed over evaluation points;
     cer_count: misclassified test images summed, as APP's evaluate_cer)."""

@@ -120,8 +120,8 @@ def measure(args) -> dict:
 
         def spec(inner, label, s=stream):
             return RunSpec(suite="perf", label=label, seed=0, stream=s, model=model,
-                           protocol=protocol, strategy={"name": pb.PROBE,
-                                                        "params": {"inner": inner}})
+                           protocol=protocol, threads=threads,
+                           strategy={"name": pb.PROBE, "params": {"inner": inner}})
 
         probe = spec("dense", "dense")
         data = load_data(stream)

@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import sys
 import types
 import typing
@@ -135,6 +136,9 @@ def build_dataclass(cls: type, params: dict[str, Any], what: str):
         raise UserError(f"{what}: {e}") from None
 
 
+_YAML11_EXP = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
 def _coerce(value: Any, tp: Any, what: str) -> Any:
     """Check ``value`` against annotation ``tp``; int -> float and list -> tuple are allowed."""
     origin = typing.get_origin(tp)
@@ -167,13 +171,14 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
             raise UserError(f"{what} must be a mapping, got {value!r}")
         return dict(value)
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        # PyYAML (YAML 1.1) reads an unquoted 1e-4 (exponent, no dot) as a string, e.g. in
+        # --set protocol.lr=1e-4: only that form is taken as a number. A quoted "0.5" is a
+        # string the user wrote, and a string is not a number.
+        if isinstance(value, str) and _YAML11_EXP.match(value):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{what} must be a number, got {value!r}")
+            quoted = " (a string: drop the quotes)" if isinstance(value, str) else ""
+            raise UserError(f"{what} must be a number, got {value!r}{quoted}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

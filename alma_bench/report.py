@@ -3,6 +3,10 @@
 One figure set per suite (file names prefixed with the suite name when the store holds more
 than one suite). A strategy label has the same colour in every figure. A strategy missing a
 metric still appears wherever it has data; its table cell is left empty.
+
+Tables and figures are per group (alma_bench/groups.py): runs of one label with different
+configs are never averaged, each is its own row and line, named by the keys that differ. The
+table also gives each group's paired difference against the baseline (alma_bench/compare.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from alma_bench import compare
+from alma_bench.groups import display_key, shared_and_own, show, unflatten
 from alma_bench.results import Results, load, summary_table
 
 WIDTH, HEIGHT, DPI = 8.0, 4.5, 110  # ~880 px wide: readable when shown at 800 px
@@ -48,7 +54,10 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = summary_table(results.runs)
+    table = table.merge(compare.wide(compare.paired(results.runs)), on=["suite", "group"],
+                        how="left")
     table.to_csv(out / "summary.csv", index=False)
+    results = _by_group(results)
     labels = sorted(results.runs["label"].dropna().astype(str).unique())
     colours = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
     # One colour and one marker per label, the same in every figure and suite; markers keep
@@ -212,15 +221,30 @@ def _save(fig: Figure, path: Path) -> str:
     return path.name
 
 
+def _by_group(res: Results) -> Results:
+    """The store with each run's label replaced by its group label: figures draw one line
+    per group, so two configs of one strategy are never pooled into one curve."""
+    return Results(*(df.assign(label=df["group_label"]) for df in
+                     (res.runs, res.metrics, res.layer_density)), configs=res.configs)
+
+
 def _section(res: Results, table: pd.DataFrame, suite: str, figures: list[tuple]) -> str:
-    runs = res.runs[res.runs["suite"] == suite]
-    config = res.configs.get(str(runs["run_id"].iloc[0]), {})
-    setup = {k: config.get(k) for k in ("scale", "stream", "model", "protocol")}
+    runs = res.runs[res.runs["suite"] == suite].drop_duplicates("group")
+    shared, own = shared_and_own({str(g): json.loads(c) for g, c
+                                  in zip(runs["group_label"], runs["config"])})
     # One line per top-level key: compact, and still valid JSON to paste into a script.
-    body = ",\n ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in setup.items())
-    lines = [f"## Suite `{suite}`", "", "```json", "{" + body + "}", "```", ""]
+    body = ",\n ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in unflatten(shared).items())
+    lines = [f"## Suite `{suite}`", "", "Config shared by every group:", "", "```json",
+             "{" + body + "}", "```", ""]
+    if len(own) > 1:
+        lines += ["Config of each group (the keys that differ):", "", "| group | config |",
+                  "|---|---|"]
+        for g, keys in own.items():
+            text = ", ".join(f"{display_key(k)}={show(v)}" for k, v in keys.items())
+            lines.append(f"| {_cell(g)} | {_cell(text)} |")
+        lines.append("")
     lines += _markdown_table(table[table["suite"] == suite]) + [""]
-    unfinished = runs[runs["state"] != "done"]
+    unfinished = res.runs[(res.runs["suite"] == suite) & (res.runs["state"] != "done")]
     if len(unfinished):
         note = f"{len(unfinished)} run(s) unfinished: their megabatches so far are in the curves"
         lines += [note + ", not in the table.", ""]
@@ -229,9 +253,10 @@ def _section(res: Results, table: pd.DataFrame, suite: str, figures: list[tuple]
 
 
 def _markdown_table(rows: pd.DataFrame) -> list[str]:
-    """Mean ± std per strategy; a 'paper' column beside ours wherever a reference exists."""
+    """Mean ± std per group; a 'paper' column beside ours wherever a reference exists; the
+    paired difference against the baseline with its 95% t-interval and number of pairs."""
     refs = [c for c in rows.columns if c.startswith("ref_") and rows[c].notna().any()]
-    header, cells = ["strategy", "seeds"], [[_cell(r.label), f"{r.n_seeds}"]
+    header, cells = ["strategy", "seeds"], [[_cell(r.group_label), f"{r.n_seeds}"]
                                            for r in rows.itertuples()]
     for metric, name, scale, fmt in _TABLE:
         header.append(name)
@@ -245,8 +270,37 @@ def _markdown_table(rows: pd.DataFrame) -> list[str]:
         header.append(f"paper {ref[4:]}")
         for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
             cell.append(_fmt(r[ref], math.nan, 1, "{:.4g}"))
+    look = {t[0]: t for t in _TABLE}
+    for metric in (m for m in compare.DEFAULT_METRICS if f"{m}_diff" in rows.columns):
+        _, name, scale, fmt = look[metric]
+        unit = " (pp)" if scale == 100 else ""
+        header.append(f"Δ {name.split(' (')[0]}{unit} vs baseline, 95% t-CI")
+        for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
+            cell.append(_diff(r, metric, scale, fmt))
+    if "baseline" in rows.columns:
+        header += ["pairs", "baseline"]
+        first = compare.DEFAULT_METRICS[0]
+        for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
+            own = r["baseline"] == r["group_label"]
+            n = r.get(f"{first}_n_pairs")
+            cell += ["" if own or pd.isna(n) else f"{int(n)}",
+                     "" if pd.isna(r["baseline"]) else _cell(r["baseline"])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(c) + " |" for c in cells]
+
+
+def _diff(r: pd.Series, metric: str, scale: float, fmt: str) -> str:
+    """``+1.2 [0.1, 2.3]``; ``(baseline)`` on the baseline's row; the CI is NaN below 2 pairs."""
+    if r["baseline"] == r["group_label"]:
+        return "(baseline)"
+    diff, n = r[f"{metric}_diff"], r[f"{metric}_n_pairs"]
+    if pd.isna(diff):
+        return "no shared seed" if not pd.isna(r["baseline"]) else ""
+    text = ("+" if diff > 0 else "") + fmt.format(diff * scale)
+    if n < 2:
+        return f"{text}, CI NaN (1 pair)"
+    low, high = (fmt.format(r[f"{metric}_{k}"] * scale) for k in ("ci_low", "ci_high"))
+    return f"{text} [{low}, {high}]"
 
 
 def _fmt(mean: float, std: float, scale: float, fmt: str | None) -> str:
@@ -263,7 +317,11 @@ def _head(command: str | None, suites: list[str]) -> str:
         "# alma-bench report", "", f"Suites: {', '.join(suites)}. Generated {now}.", "",
         "Command:", "", "```", command or "(not recorded)", "```", "",
         f"Machine (where this report was made): {_machine()}", "",
-        ("Table: mean ± sample std over seeds; *seeds* counts finished runs. "
+        ("Table: one row per group, the runs whose configs are equal except for the seed "
+         "(a label run with several configs is split, named by the keys that differ); mean ± "
+         "sample std over seeds; *seeds* counts finished runs. Δ = mean paired difference "
+         "from the baseline over the seeds both ran (a seed fixes stream, split and init), "
+         "with its 95% t-interval; *pairs* = shared seeds (the interval is NaN below 2). "
          "CER = Σₜ (1 − test accₜ); CER (errors) = misclassified test images "
          "summed over megabatches. Gen. gap = train − test accuracy. *paper* = the number the "
          "strategy's paper reports, when the suite gives one."), "", ""])

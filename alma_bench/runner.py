@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from alma_bench.config import RunSpec, derive, split_and_source
 from alma_bench.data import Normalizer
 from alma_bench.errors import UserError
 from alma_bench.metrics import (
+    FlopMeter,
     effective_flops,
     global_density,
     layer_density,
@@ -27,15 +29,9 @@ from alma_bench.metrics import (
     summarize,
 )
 from alma_bench.models import build_model
+from alma_bench.provenance import note_reuse, provenance
 from alma_bench.registry import STRATEGIES, STREAMS
-from alma_bench.store import (
-    RunDir,
-    load_checkpoint,
-    read_json,
-    save_checkpoint,
-    write_json,
-    write_rows,
-)
+from alma_bench.store import RunDir, clean_stale_tmp, ensure_dir, read_json, write_json
 from alma_bench.stream import build_stream
 
 _DATA_CACHE: dict = {}  # source spec -> ImageData, so runs in one process load data once
@@ -78,18 +74,31 @@ def machine_info(device: torch.device) -> dict:
 
 
 def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
-            channels_last: bool = False, tensorboard: str | None = None) -> dict:
-    """Run (or resume, or skip) one run; returns its summary."""
+            channels_last: bool = False, tensorboard: str | None = None,
+            env: dict | None = None, note=None) -> dict:
+    """Run (or resume, or skip) one run; returns its summary.
+
+    ``env`` is provenance of the invocation (command line, plugin file hashes) recorded in
+    config.json; a finished run reused under a different environment says so on stderr.
+    ``note`` gets one line when damaged files change where the run resumes (default: stderr).
+    """
     from alma_bench.training import AlmaTemplate, RunContext
 
     rd = RunDir(out, spec.results_name, spec.run_id)
     if rd.is_done():
+        note_reuse(spec, read_json(rd.config) or {}, device, env)
         return read_json(rd.summary)
-    rd.path.mkdir(parents=True, exist_ok=True)
+    deps = dependency_dirs(spec, out)
+    ensure_dir(rd.path)
+    clean_stale_tmp(rd.path)  # of writers that were killed
     dev = resolve_device(device)
     if dev.type == "cuda":  # same seed, same numbers on a GPU too (at some speed cost)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+    # the thread count is part of the run's identity: every executor honours it here
+    torch.set_num_threads(spec.threads)
     seeds = spec.seeds()
     protocol = spec.protocol_obj()
 
@@ -101,13 +110,17 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         model = model.to(memory_format=torch.channels_last)
     flops_total, flops_layer = layer_flops(model, stream.input_shape, dev)
     ctx = RunContext(spec, stream, model, protocol, seeds, dev,
-                     Normalizer(data.mean, data.std, dev, channels_last))
+                     Normalizer(data.mean, data.std, dev, channels_last),
+                     run_dir=rd.path, deps=deps)
+    ctx.flop_meter = FlopMeter(model, flops_total, flops_layer)
     strategy = STRATEGIES.create(spec.strategy["name"], **spec.strategy["params"])
     plugins = strategy.plugins(ctx)
-    template = AlmaTemplate(ctx=ctx, plugins=plugins)
+    from alma_bench.finite import FiniteLossCheck, check_weights
+
+    template = AlmaTemplate(ctx=ctx, plugins=[*plugins, FiniteLossCheck(ctx)])
 
     rows: list[dict] = []
-    ckpt = load_checkpoint(rd.checkpoint)
+    ckpt = rd.resume_point(lambda line: _say(note, spec, line))  # verified, or a fallback
     if ckpt is not None:  # the checkpoint holds its own rows: model and metrics always agree
         rows = ckpt["rows"]
         model.load_state_dict(ckpt["model"])
@@ -117,19 +130,20 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             if state is not None:
                 p.load_state_dict(state)
         ctx.step, ctx.samples_seen = ckpt["step"], ckpt["samples_seen"]
+        ctx.train_flops = rows[-1]["train_flops"] if rows else 0.0
     write_json(rd.config, {**spec.to_json(), "version": __version__,
-                           "machine": machine_info(dev)})
+                           "machine": machine_info(dev),
+                           "provenance": provenance(dev, spec.threads, env)})
     sink = _tensorboard(tensorboard, spec)
-    train_flops = rows[-1]["train_flops"] if rows else 0.0
     experiences = stream.benchmark.train_stream
     for t in range(len(rows), stream.n_megabatches):
-        start, samples0 = time.perf_counter(), ctx.samples_seen
+        start = time.perf_counter()
         torch.manual_seed(derive(seeds.run, "torch", t))  # dropout and any other global draws
         template.train(experiences[t])
+        check_weights(model, t + 1)  # a diverged run fails instead of reporting NaN
         dens = layer_density(model)
         g_dens = global_density(model, dens)
         eff = effective_flops(flops_total, flops_layer, dens)
-        train_flops += 3.0 * eff * (ctx.samples_seen - samples0)
         test_acc, test_err = ctx.accuracy(*stream.test_set())
         train_acc, _ = ctx.accuracy(*stream.train_set(t))
         val_acc, _ = ctx.accuracy(*stream.val_set(t))
@@ -146,34 +160,52 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             "epoch_train_acc": [a for a, _ in ctx.epoch_log],
             "epoch_val_acc": [v for _, v in ctx.epoch_log],
             "density": g_dens, "layer_density": dens, "nonzero_params": nonzero_params(model),
-            "flops_dense": flops_total, "flops_effective": eff, "train_flops": train_flops,
+            # training FLOPs: per optimizer step, at the masks in force in that step
+            "flops_dense": flops_total, "flops_effective": eff, "train_flops": ctx.train_flops,
             "wall_time": time.perf_counter() - start,
         }
         for p in plugins:  # strategy-specific extras, e.g. a rewiring threshold
             if hasattr(p, "metrics"):
                 row.update(p.metrics())
         rows.append(row)
-        save_checkpoint(rd.checkpoint, {
+        rd.commit({
             "megabatches_done": t + 1, "model": model.state_dict(),
             "optimizer": template.optimizer.state_dict()
             if protocol.keep_optimizer_state else None,
             "plugins": [p.state_dict() if hasattr(p, "state_dict") else None for p in plugins],
             "step": ctx.step, "samples_seen": ctx.samples_seen, "rows": rows,
-        })
-        write_rows(rd.metrics, rows)
-        write_json(rd.status, {"state": "running", "megabatches_done": t + 1,
-                               "n_megabatches": stream.n_megabatches})
+        }, rows, stream.n_megabatches)  # checkpoint, then metrics, then status
         if sink:
             sink.log_row(row)
         if progress:
             progress(t + 1, stream.n_megabatches, row)
     summary = summarize(rows)
-    write_json(rd.summary, summary)
-    write_json(rd.status, {"state": "done", "megabatches_done": len(rows),
-                           "n_megabatches": stream.n_megabatches})
+    rd.finish(rows, summary, stream.n_megabatches)
     if sink:
         sink.close()
     return summary
+
+
+def _say(note, spec: RunSpec, line: str) -> None:
+    line = f"run {spec.label} seed {spec.seed} ({spec.run_id}): {line}"
+    if note is not None:
+        note(line)
+    else:
+        print(f"alma-bench: {line}", file=sys.stderr)
+
+
+def dependency_dirs(spec: RunSpec, out: Path) -> dict[str, Path]:
+    """Parameter name -> folder of the finished run it names (see ``RunSpec.deps``)."""
+    dirs = {}
+    for param, run_id in (spec.deps or {}).items():
+        label = spec.strategy["params"].get(param)
+        rd = RunDir(out, spec.results_name, run_id)
+        if not rd.is_done():
+            raise UserError(f"run '{spec.label}' seed {spec.seed} needs the finished run of "
+                            f"'{label}' ({param}, run {run_id}), which is missing or unfinished "
+                            f"in {rd.path.parent}")
+        dirs[param] = rd.path
+    return dirs
 
 
 def _tensorboard(log_dir, spec):

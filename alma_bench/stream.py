@@ -59,16 +59,18 @@ class Megabatch:
 
 def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
     """The megabatch index arrays for a pool of ``n`` training samples."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    if split.subset is not None:
-        if split.subset > n:
-            raise UserError(f"stream subset {split.subset} exceeds the {n} training samples")
-        perm = perm[: split.subset]
-    parts = np.array_split(perm, split.megabatches)
-    if len(parts[-1]) - int(round(split.val_fraction * len(parts[-1]))) < 1:
-        raise UserError(f"{split.megabatches} megabatches of {len(perm)} samples leave a "
+    if split.subset is not None and split.subset > n:
+        raise UserError(f"stream subset {split.subset} exceeds the {n} training samples")
+    pool = n if split.subset is None else split.subset
+    # checked against the data before any index array exists: array_split into 10**9 parts
+    # would exhaust memory first. The last part is the smallest: pool // megabatches samples.
+    smallest = pool // split.megabatches
+    if smallest - int(round(split.val_fraction * smallest)) < 1:
+        raise UserError(f"{split.megabatches} megabatches of {pool} samples leave a "
                         "megabatch with no training sample; use fewer megabatches")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)[:pool]
+    parts = np.array_split(perm, split.megabatches)
     out: list[Megabatch] = []
     memory = np.empty(0, dtype=np.int64)
     seen = 0  # samples offered to the reservoir so far

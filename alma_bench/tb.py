@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import numbers
 from pathlib import Path
-from typing import Self
 
 
 class TensorBoardSink:
@@ -38,7 +37,7 @@ class TensorBoardSink:
         """Flush and close the event file."""
         self._writer.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TensorBoardSink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -44,6 +45,15 @@ class RunContext:
     # per-epoch (train_acc, val_acc) of the current megabatch
     epoch_log: list = field(default_factory=list)
     kept_epoch: int = 0  # index into epoch_log of the epoch the megabatch ended with
+    # cumulative training FLOPs: 3 x effective forward FLOPs x batch, per optimizer step, with
+    # the masks in force at that step (set by ClockPlugin when a FlopMeter is given)
+    train_flops: float = 0.0
+    flop_meter: object = None
+    # the run's own result folder (a strategy may save artifacts in ``run_dir / "artifacts"``)
+    # and, per dependency parameter (e.g. ``structure_from``), the folder of the finished run
+    # it names; see ``depends_on`` in the README's plugin section
+    run_dir: Path | None = None
+    deps: dict = field(default_factory=dict)
 
     @property
     def n_megabatches(self) -> int:
@@ -116,7 +126,8 @@ class AlmaTemplate(SupervisedTemplate):
             model=ctx.model, optimizer=build_optimizer(p, ctx.model),
             criterion=torch.nn.CrossEntropyLoss(), train_mb_size=p.batch_size,
             train_epochs=p.epochs, eval_mb_size=p.eval_batch_size, device=ctx.device,
-            plugins=core + list(plugins),
+            # the guard runs last: no strategy hook may change a mask after selection
+            plugins=core + list(plugins) + [SelectionGuard(ctx)],
             evaluator=_silent_evaluator(),
             eval_every=-1,
         )
@@ -147,10 +158,22 @@ class ClockPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.ctx.megabatch = strategy.experience.current_experience
+        self.first = True
+
+    def before_training_iteration(self, strategy, **kw):
+        if self.first and self.ctx.flop_meter is not None:
+            # after every strategy's before_training_exp (pruning before the megabatch)
+            self.ctx.flop_meter.refresh()
+        self.first = False
 
     def after_update(self, strategy, **kw):
+        # Runs before any strategy's after_update: the masks read here are the ones the step
+        # was trained under, not the ones a strategy rewires to afterwards.
+        n = len(strategy.mb_y)
         self.ctx.step += 1
-        self.ctx.samples_seen += len(strategy.mb_y)
+        self.ctx.samples_seen += n
+        if self.ctx.flop_meter is not None:
+            self.ctx.train_flops += 3.0 * self.ctx.flop_meter.per_sample() * n
 
 
 class LRSchedulePlugin(SupervisedPlugin):
@@ -179,10 +202,52 @@ class LRSchedulePlugin(SupervisedPlugin):
             self.sched.step()
 
 
+def mask_state(model) -> dict[str, torch.Tensor]:
+    """Name -> copy of every mask buffer of ``model``."""
+    return {k: b.clone() for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
+
+
+def _masks_final(strategy) -> bool:
+    return all(p.masks_final(strategy) for p in strategy.plugins if hasattr(p, "masks_final"))
+
+
+class SelectionGuard(SupervisedPlugin):
+    """The harness's rule, checked: the reported model was trained under exactly the masks it
+    is reported with. The masks at the end of each epoch are recorded; after every hook of
+    ``after_training_exp`` has run (this plugin is last), the kept model's masks must equal
+    those its kept epoch ended with. A strategy that prunes after selection fails loudly."""
+
+    def __init__(self, ctx: RunContext):
+        super().__init__()
+        self.ctx = ctx
+        self.epoch_masks: list[dict] = []
+
+    def before_training_exp(self, strategy, **kw):
+        self.epoch_masks = []
+
+    def after_training_epoch(self, strategy, **kw):
+        self.epoch_masks.append(mask_state(strategy.model))
+
+    def after_training_exp(self, strategy, **kw):
+        if not self.epoch_masks:
+            return
+        kept = self.epoch_masks[self.ctx.kept_epoch]
+        now = mask_state(strategy.model)
+        if now.keys() != kept.keys() or any(not torch.equal(now[k], kept[k]) for k in now):
+            names = [type(p).__name__ for p in strategy.plugins]
+            raise RuntimeError(
+                f"megabatch {self.ctx.megabatch + 1}: the masks changed after the kept epoch "
+                f"{self.ctx.kept_epoch + 1} was selected (plugins: {', '.join(names)}); a "
+                "strategy may change masks before a megabatch or inside its rewiring window "
+                "(alma_bench.sparsity.plugin.RewiringTraining), never after training")
+        self.epoch_masks = []
+
+
 class BestValidationPlugin(SupervisedPlugin):
     """Evaluates validation accuracy after each epoch; early stopping with patience; ends the
     megabatch at the best-validation epoch (weights and mask buffers restored together) among
-    the epochs that end with the current masks."""
+    the epochs trained wholly under the megabatch's final masks. Early stopping waits until every
+    plugin with ``masks_final(strategy)`` says its masks are final (a rewiring window)."""
 
     def __init__(self, ctx: RunContext):
         super().__init__()
@@ -192,6 +257,9 @@ class BestValidationPlugin(SupervisedPlugin):
         self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
         self.correct, self.seen = None, 0
         self.ctx.epoch_log = []
+
+    def before_training_epoch(self, strategy, **kw):
+        self.start_masks = mask_state(strategy.model)
 
     def after_training_iteration(self, strategy, **kw):
         # running accuracy on the (augmented) training batches, for APP's per-epoch gap; kept
@@ -208,6 +276,11 @@ class BestValidationPlugin(SupervisedPlugin):
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return
+        if self._masks_changed(strategy.model, self.start_masks):
+            # Trained under masks that changed during the epoch: never a kept epoch (it would
+            # report a model pruned after its training), and no early stopping yet.
+            self.best, self.bad, self.snapshot = -1.0, 0, None
+            return
         if self.snapshot is not None and self._masks_changed(strategy.model, self.snapshot[0]):
             # Select only among epochs with the current masks: restoring an epoch with older,
             # denser masks would report a model never trained at its density (e.g. GMP).
@@ -221,7 +294,8 @@ class BestValidationPlugin(SupervisedPlugin):
                                  if self.ctx.protocol.keep_optimizer_state else None)
         else:
             self.bad += 1
-            if self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience:
+            if (self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience
+                    and _masks_final(strategy)):
                 strategy.stop_training()
 
     @staticmethod
@@ -232,6 +306,10 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kw):
         self.ctx.kept_epoch = len(self.ctx.epoch_log) - 1
+        if self.snapshot is not None and self._masks_changed(strategy.model, self.snapshot[0]):
+            # a strategy changed masks after the last epoch ended (it must not; the guard
+            # reports it): keep the model as it is rather than restore older masks
+            self.snapshot = None
         if self.snapshot is not None:
             self.ctx.kept_epoch = self.best_epoch
             model_state, opt_state = self.snapshot

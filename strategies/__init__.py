@@ -1,4 +1,16 @@
 """Built-in strategies. Importing this package registers them through the entry-point group
 ``alma_bench.strategies``, the same path a user's plugin package takes."""
 
-from alma_bench.strategies import app, dense, gmp, osp, scratch  # noqa: F401
+from alma_bench.strategies import (  # noqa: F401
+    app,
+    dense,
+    dpr,
+    gmp,
+    imp,
+    imp_q,
+    osp,
+    prune_regrow,
+    rl_schedule,
+    scratch,
+    static,
+)

@@ -9,11 +9,12 @@ exactly on schedule at every megabatch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from alma_bench.registry import STRATEGIES
-from alma_bench.sparsity import app_densities
+from alma_bench.sparsity import app_densities, check_density
 from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now, strategy_masks
 
 
@@ -35,13 +36,18 @@ class ProgressivePlugin(MaskedTraining):
 @STRATEGIES.register("app")
 @dataclass(frozen=True)
 class APP:
-    """Anytime Progressive Pruning: prune a little more (nested) before each megabatch."""
+    """Anytime Progressive Pruning: prune a little more (nested) before each megabatch.
+
+    The final density is ``base ** tau``; give either ``density`` (the knob every pruning
+    strategy shares, so a grid over it works across strategies) or ``tau`` (the paper's), and
+    the other is derived. Both given and disagreeing is an error. Default: tau = 4.5."""
 
     # 2: the SNIP sample is 0.2 x the whole megabatch (before its validation split)
     revision: ClassVar[int] = 2
 
     pruner: str = "snip"
-    tau: float = 4.5
+    density: float | None = None  # final density; derived from tau when not given
+    tau: float | None = None  # 4.5 when neither is given
     base: float = 0.8
     scope: Literal["global", "layer"] = "global"
     sample_fraction: float = 0.2
@@ -51,10 +57,24 @@ class APP:
 
     def __post_init__(self):
         check_pruner(self.pruner)
-        if self.tau < 1:
-            raise ValueError(f"tau must be >= 1, got {self.tau}")
         if not 0 < self.base < 1:
             raise ValueError(f"base must be in (0, 1), got {self.base}")
+        if self.density is None:
+            tau = 4.5 if self.tau is None else float(self.tau)
+            object.__setattr__(self, "tau", tau)
+            object.__setattr__(self, "density", self.base ** tau)
+        else:
+            d = float(check_density(self.density))
+            tau = round(math.log(d) / math.log(self.base), 12)
+            if self.tau is not None and not math.isclose(self.base ** self.tau, d,
+                                                          rel_tol=1e-9):
+                raise ValueError(f"density={d} and tau={self.tau} disagree (base ** tau = "
+                                 f"{self.base ** self.tau:.6g}); give one of them")
+            object.__setattr__(self, "tau", tau if self.tau is None else float(self.tau))
+            object.__setattr__(self, "density", d)
+        if self.tau < 1:
+            raise ValueError(f"tau must be >= 1 (density <= base = {self.base}), got "
+                             f"tau={self.tau:.6g}, density={self.density:.6g}")
         if not 0 < self.sample_fraction <= 1:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
 

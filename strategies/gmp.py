@@ -3,23 +3,27 @@
 ``d(s) = d_f + (d_i - d_f) (1 - (s - s0)/(s1 - s0))^3`` for optimizer steps s in [s0, s1],
 pruning by magnitude every ``update_period`` steps; masks only shrink. s0 and s1 are fractions
 (``begin``, ``end``) of the stream's planned optimizer steps, so the schedule is keyed to
-steps, not epochs. When early stopping ends a megabatch before its planned steps, the schedule
-skips to that megabatch's planned end, so the final density is still reached on time. Any
-registered schedule can replace the cubic one.
+steps, not epochs. Within megabatch t the schedule's span for t is run over the megabatch's
+rewiring window (its first E - 1 epochs, see ``RewiringTraining``): the density due at the
+megabatch's planned end is reached at the window's last step, and the last epoch trains under
+it, so the kept model was trained at the density it reports. Any registered schedule can
+replace the cubic one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from alma_bench.registry import SCHEDULES, STRATEGIES
-from alma_bench.sparsity import check_density, progress
-from alma_bench.sparsity.plugin import MaskedTraining, prune_now, strategy_masks
+from alma_bench.sparsity import app_densities, check_density, progress
+from alma_bench.sparsity.plugin import RewiringTraining, prune_now, strategy_masks
+
+APP_FINAL = app_densities(8)[-1]  # 0.8 ** 4.5: the final density of APP and OSP
 
 
-class GradualPlugin(MaskedTraining):
+class GradualPlugin(RewiringTraining):
     def __init__(self, ctx, maskset, params: GMP):
         super().__init__(maskset)
         self.ctx, self.p = ctx, params
@@ -28,42 +32,39 @@ class GradualPlugin(MaskedTraining):
         self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
         self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
         self.schedule = SCHEDULES.create(params.schedule)
-        self.start = 0  # ctx.step when the current megabatch began
+        self.t = 0
 
-    def planned_step(self) -> int:
-        """Position on the schedule: planned steps before this megabatch plus steps taken in
-        it (not ctx.step, which falls behind the plan once early stopping cuts a megabatch)."""
-        return self.offsets[self.ctx.megabatch] + self.ctx.step - self.start
+    def planned_step(self) -> float:
+        """Position on the stream's schedule: megabatch t's planned span, run over its window."""
+        span = self.offsets[self.t + 1] - self.offsets[self.t]
+        return self.offsets[self.t] + span * self.window_progress()
 
-    def target(self, step: int) -> float:
+    def target(self, step: float) -> float:
         return self.schedule.density(progress(step, self.s0, self.s1), self.p.initial_density,
-                                     self.p.final_density)
+                                     self.p.density)
 
     def before_training_exp(self, strategy, **kw):
-        self.start = self.ctx.step
+        super().before_training_exp(strategy, **kw)
+        self.t = strategy.experience.current_experience
         s = self.planned_step()
         if s >= self.s0:  # on schedule from the first step: d_i itself is applied at s0
             self._shrink_to(self.target(s), strategy)
 
-    def after_update(self, strategy, **kw):
-        super().after_update(strategy, **kw)
-        s = self.planned_step()  # the clock plugin has already counted this step
-        # pruning steps: s0, s0 + update_period, ... (s0 rounded up to a whole step)
-        if s >= self.s0 and (s - math.ceil(self.s0)) % self.p.update_period == 0:
-            self._shrink_to(self.target(s), strategy)
+    def rewire(self, strategy) -> None:
+        # pruning steps: every update_period steps of the megabatch, and the window's last
+        # step, where the density due at the megabatch's planned end is reached exactly
+        if self.exp_step % self.p.update_period == 0 or not self.window_open():
+            s = self.planned_step()
+            if s >= math.ceil(self.s0):
+                self._shrink_to(self.target(s), strategy)
 
     def end_target(self) -> float:
         """The density due at the planned end of the current megabatch."""
-        return self.target(self.offsets[self.ctx.megabatch + 1])
-
-    def after_training_exp(self, strategy, **kw):
-        # The megabatch counts as complete on the schedule even if early stopping cut it, so
-        # the kept model is pruned to the density due at its planned end (section 7).
-        self._shrink_to(self.end_target(), strategy)
+        return self.target(self.offsets[self.t + 1])
 
     def _shrink_to(self, d: float, strategy) -> None:
         if round(d * self.maskset.numel()) < self.maskset.kept():
-            prune_now(self.ctx, self.maskset, "magnitude", "global", d, self.ctx.megabatch, 0.0,
+            prune_now(self.ctx, self.maskset, "magnitude", self.p.scope, d, self.t, 0.0,
                       strategy.optimizer)
 
     def metrics(self) -> dict:
@@ -75,21 +76,23 @@ class GradualPlugin(MaskedTraining):
 class GMP:
     """Gradual magnitude pruning on a cubic schedule, every update_period steps (Zhu & Gupta)."""
 
-    # 2: the kept epoch is chosen among epochs with the current masks; schedule on planned steps
-    revision: ClassVar[int] = 2
+    # 3: the megabatch's density is reached before its last epoch and never changed after
+    # selection; one final-density knob (density) and APP's layer set
+    revision: ClassVar[int] = 3
 
-    final_density: float = 0.366
+    density: float = APP_FINAL  # final density d_f, as every pruning strategy names it
     initial_density: float = 1.0
     update_period: int = 20  # optimizer steps between mask updates
     begin: float = 0.0  # s0 as a fraction of the stream's planned steps
     end: float = 0.75  # s1: final density reached here, then held
     schedule: str = "cubic"
+    scope: Literal["global", "layer"] = "global"  # Zhu & Gupta prune each layer to d(s)
     prune_first: bool = True
     prune_last: bool = False
-    prune_linear: bool = True  # Zhu & Gupta prune every layer but the classifier
+    prune_linear: bool = False  # the same layer set as app and osp, so densities compare
 
     def __post_init__(self):
-        check_density(self.final_density)
+        check_density(self.density)
         check_density(self.initial_density)
         if self.update_period < 1:
             raise ValueError(f"update_period must be >= 1, got {self.update_period}")

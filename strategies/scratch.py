@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from avalanche.core import SupervisedPlugin
 
 from alma_bench.config import derive
 from alma_bench.models import build_model
+from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.registry import STRATEGIES
 
 

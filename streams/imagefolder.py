@@ -18,7 +18,7 @@ import torch
 from alma_bench.data import ImageData
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
-from alma_bench.streams._common import cache_dir, channel_stats
+from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -69,8 +69,7 @@ class ImageFolder:
         if not self.data_root:
             raise UserError("stream 'imagefolder' needs stream.data_root=<dir with train/ test/>")
         root = Path(self.data_root).expanduser()
-        if not root.is_dir():
-            raise UserError(f"data root does not exist: {root}")
+        check_data_root(root)
         for split in ("train", "test"):
             if not (root / split).is_dir():
                 raise UserError(f"data root {root} has no '{split}/' folder of class folders")
@@ -88,9 +87,9 @@ class ImageFolder:
             vx, vy = _decode(test_files, self.threads)
             mean, std = channel_stats(tx)
             blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy, "mean": mean, "std": std}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(blob, tmp)
-            os.replace(tmp, path)  # atomic: a concurrent or killed decode never leaves half a file
+            from alma_bench.store import ensure_dir, save_checkpoint
+
+            ensure_dir(path.parent)
+            save_checkpoint(path, blob)  # atomic: a concurrent or killed decode leaves no half file
         return ImageData(blob["tx"], blob["ty"], blob["vx"], blob["vy"], tuple(blob["mean"]),
                          tuple(blob["std"]), classes)

@@ -8,7 +8,7 @@ import torch
 
 from alma_bench.data import ImageData
 from alma_bench.registry import STREAMS
-from alma_bench.streams._common import channel_stats
+from alma_bench.streams._common import channel_stats, check_memory
 
 
 @STREAMS.register("synthetic")
@@ -30,6 +30,10 @@ class Synthetic:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
     def load(self) -> ImageData:
+        # float32 noise, the sum and the uint8 copy, for train and test: checked up front
+        n = (self.n_train + self.n_test) * self.channels * self.size**2
+        check_memory(n * 9, f"synthetic stream of {self.n_train}+{self.n_test} images of "
+                            f"{self.channels}x{self.size}x{self.size}")
         g = torch.Generator().manual_seed(self.seed)
         shape = (self.channels, self.size, self.size)
         protos = torch.rand((self.classes, *shape), generator=g) * 255

@@ -10,15 +10,15 @@ import torch
 from alma_bench.data import ImageData
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
-from alma_bench.streams._common import cache_dir, channel_stats
+from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 
 
 def _load(cls_name: str, data_root: str | None, download: bool) -> ImageData:
     import torchvision
 
     root = Path(data_root).expanduser() if data_root else cache_dir() / "data"
-    if data_root and not root.exists():
-        raise UserError(f"data root does not exist: {root}")
+    if data_root:
+        check_data_root(root)
     cls = getattr(torchvision.datasets, cls_name)
     try:
         tr = cls(str(root), train=True, download=download)

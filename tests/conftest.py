@@ -23,7 +23,8 @@ TINY = {
     "stream": {"name": "synthetic", "n_train": 240, "n_test": 64, "classes": 3, "size": 8,
                "megabatches": 4, "replay": "all"},
     "model": {"name": "small-cnn", "width": 4},
-    "protocol": {"epochs": 2, "batch_size": 32, "lr": 0.05, "eval_batch_size": 256},
+    "protocol": {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+                 "weight_decay": 5e-4, "patience": None, "eval_batch_size": 256},
     "strategies": [{"name": "dense"}],
     "seeds": [0],
 }

@@ -109,25 +109,27 @@ def _assert_on_schedule(rows, final_density):
 
 
 def test_gmp_shrinks_to_final_density(tmp_path):
-    rows = _gmp_rows(tmp_path, final_density=0.3, update_period=2)
+    rows = _gmp_rows(tmp_path, density=0.3, update_period=2)
     assert rows[0]["density"] < 1.0
     _assert_on_schedule(rows, 0.3)
 
 
 def test_gmp_reaches_final_density_when_early_stopping_cuts_megabatches(tmp_path):
-    # 8 epochs planned per megabatch, patience 1: megabatches end early, so the steps taken
-    # fall short of the plan; the schedule must still end on the final density.
-    rows = _gmp_rows(tmp_path, {"epochs": 8, "patience": 1, "lr": 0.5}, final_density=0.3,
-                     end=1.0, update_period=3)
+    # 8 epochs planned per megabatch, patience 1: once the schedule is done (end=0.5) the
+    # masks hold and early stopping cuts megabatches short; the schedule still ends on the
+    # final density, and no megabatch is cut while its masks were still changing.
+    rows = _gmp_rows(tmp_path, {"epochs": 8, "patience": 1, "lr": 0.5}, density=0.3,
+                     end=0.5, update_period=3)
     planned = 8 * sum(-(-int(0.9 * 240 * t / 4) // 32) for t in (1, 2, 3, 4))
     assert rows[-1]["step"] < planned  # early stopping did cut the stream short
+    assert rows[0]["epochs_trained"] == 8  # megabatch 1 rewires: never cut
     _assert_on_schedule(rows, 0.3)
 
 
 def test_gmp_keeps_an_epoch_trained_with_its_masks(tmp_path):
-    # masks shrink during every epoch (end=1.0, a prune every step), so no earlier epoch has the
-    # current masks: the kept model must be the last epoch's, whatever validation says
-    rows = _gmp_rows(tmp_path, {"epochs": 4, "lr": 0.5}, final_density=0.2, end=1.0,
+    # masks shrink during every epoch of the rewiring window (end=1.0, a prune every step), so
+    # only the last epoch was trained wholly under the final masks: it is the kept one
+    rows = _gmp_rows(tmp_path, {"epochs": 4, "lr": 0.5}, density=0.2, end=1.0,
                      update_period=1)
     assert [r["best_epoch"] for r in rows] == [r["epochs_trained"] for r in rows]
     for r in rows:  # the per-epoch log, and the kept epoch's gap taken from it
@@ -167,7 +169,7 @@ def _register_gmp_spy():
 def test_gmp_starts_at_its_initial_density(tmp_path):
     # d(s0) = d_i: with begin=0 the model is at initial_density before its first step
     _register_gmp_spy()
-    _gmp_rows(tmp_path, strategy="gmp-first", initial_density=0.6, final_density=0.3,
+    _gmp_rows(tmp_path, strategy="gmp-first", initial_density=0.6, density=0.3,
               update_period=50)
     assert STRATEGIES.get("gmp-first").cls.last.density == pytest.approx(0.6, abs=2e-3)
 

@@ -9,9 +9,9 @@ where a mask changed.
 from __future__ import annotations
 
 import torch
-from avalanche.core import SupervisedPlugin
 
 from alma_bench.config import derive
+from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.registry import PRUNERS
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.pruners import prune
@@ -32,6 +32,55 @@ class MaskedTraining(SupervisedPlugin):
 
     def metrics(self) -> dict:
         return {"dense_layers": list(self.maskset.dense_layers)}
+
+
+class RewiringTraining(MaskedTraining):
+    """Base of every strategy whose masks change *inside* a megabatch (GMP, DPR, prune-regrow,
+    learned schedules): it owns the harness's selection rule, so subclasses get it for free.
+
+    The rule (README, "Which model a megabatch keeps"): masks change only in the megabatch's
+    *rewiring window*, its first E - 1 epochs of E (the first half of the steps when E = 1).
+    The rest trains under the megabatch's final masks; the kept epoch is chosen among the
+    epochs trained wholly under them (with E = 1 the one epoch is kept); early stopping never
+    ends a megabatch while its window is open. Nothing changes a mask after selection (the
+    harness checks this and fails loudly otherwise).
+
+    Subclasses implement :meth:`rewire`, called after every optimizer step inside the window
+    (the step is already counted in :attr:`exp_step`); :meth:`window_progress` says how far the
+    window is done, so a schedule can reach the megabatch's target at the window's last step.
+    Only the Avalanche strategy is read (its epochs and data loader), no harness object.
+    """
+
+    def __init__(self, maskset: MaskSet):
+        super().__init__(maskset)
+        self.exp_step = 0  # optimizer steps taken in the current megabatch
+        self.window = 1  # planned steps of the current megabatch's rewiring window
+
+    def before_training_exp(self, strategy, **kw):
+        self.exp_step = 0
+        epochs, per_epoch = int(strategy.train_epochs), len(strategy.dataloader)
+        self.window = max(1, per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2)
+
+    def after_update(self, strategy, **kw):
+        super().after_update(strategy, **kw)
+        if self.exp_step < self.window:
+            self.exp_step += 1
+            self.rewire(strategy)
+
+    def rewire(self, strategy) -> None:
+        """Change masks (through the mask set) after a step inside the window."""
+
+    def window_open(self) -> bool:
+        """Whether masks may still change in this megabatch."""
+        return self.exp_step < self.window
+
+    def window_progress(self) -> float:
+        """Fraction of the rewiring window done in this megabatch, in [0, 1]."""
+        return min(1.0, self.exp_step / self.window)
+
+    def masks_final(self, strategy=None) -> bool:
+        """Read by early stopping: a megabatch never ends while its masks may still change."""
+        return not self.window_open()
 
 
 def strategy_masks(ctx, params) -> MaskSet:

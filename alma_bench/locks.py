@@ -1,0 +1,164 @@
+"""One lock per run, so any number of alma-bench processes sharing a results folder train each
+run once (the others wait for it and reuse its result, or skip it).
+
+The lock is a file created with O_CREAT|O_EXCL (atomic on local file systems and NFSv3+) that
+holds its owner's host, pid and the pid's start time. A lock is stale when its owner is gone:
+on this host, the pid is dead or belongs to a newer process (pid reuse); on any host, the owner
+stopped refreshing the file (a heartbeat thread touches it every HEARTBEAT s) for STALE_AFTER s.
+A stale lock is taken over under an flock of the run folder, after re-reading its owner, so
+two processes never both take over the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alma_bench.errors import store_error
+
+HOST = socket.gethostname()
+HEARTBEAT = 30.0
+STALE_AFTER = 300.0
+WRITING_GRACE = 10.0  # an empty lock file younger than this is being written by its creator
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    start: str | None = None  # the pid's start time (Linux), so a reused pid is not the owner
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def _start_time(pid: int) -> str | None:
+    try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: Owner) -> bool:
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return owner.start is None or _start_time(owner.pid) in (None, owner.start)
+
+
+def me() -> Owner:
+    return Owner(HOST, os.getpid(), _start_time(os.getpid()))
+
+
+def read_owner(path: Path) -> Owner | None:
+    """The owner recorded in lock file ``path``; None if there is no lock."""
+    try:
+        d = json.loads(Path(path).read_text())
+        return Owner(str(d["host"]), int(d["pid"]), d.get("start"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return Owner("?", 0)  # being written, or garbage: judged by its age alone
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def is_stale(owner: Owner, path: Path) -> bool:
+    age = _age(path)
+    if owner.pid == 0:
+        return age > WRITING_GRACE
+    if owner.host == HOST and not _alive(owner):
+        return True
+    return age > STALE_AFTER
+
+
+@contextlib.contextmanager
+def _folder_flock(folder: Path):
+    """An exclusive flock of the run folder: serialises takeovers of its lock on this host."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+class RunLock:
+    """``try_acquire()`` returns None when this process now owns the lock, else its owner."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.owner = me()
+        self._stop: threading.Event | None = None
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise store_error(self.path, e) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": self.owner.host, "pid": self.owner.pid,
+                           "start": self.owner.start, "since": time.time()}, f)
+        except OSError as e:  # disk full: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise store_error(self.path, e) from None
+        self._stop = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(self._stop,), daemon=True).start()
+        return True
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def try_acquire(self) -> Owner | None:
+        for _ in range(5):  # the lock may come and go between the calls below
+            if self._create():
+                return None
+            owner = read_owner(self.path)
+            if owner is None:
+                continue  # released meanwhile: try again
+            if not is_stale(owner, self.path):
+                return owner
+            with _folder_flock(self.path.parent):
+                # re-read under the flock: another process may have taken over already
+                if read_owner(self.path) == owner and is_stale(owner, self.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                if self._create():
+                    return None
+        return read_owner(self.path) or Owner("?", 0)
+
+    def release(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        if read_owner(self.path) == self.owner:  # never remove a lock taken over from us
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def holder(path: Path) -> Owner | None:
+    """Who holds the lock at ``path`` now (None when it is free or stale)."""
+    owner = read_owner(path)
+    return None if owner is None or is_stale(owner, path) else owner

@@ -1,0 +1,164 @@
+"""Dynamic parameter reallocation, DPR / DSR (Mostafa & Wang 2019; ALGORITHMS.md section 8).
+
+Start from a random mask with the same density in every sparse layer. Every ``rewire_period``
+steps, prune every active weight with |w| < H (one global threshold; a tensor keeps at least
+one weight), K in all, and regrow K at random among each layer's zeros, shared in proportion
+to its surviving weights, never where it just pruned; regrown weights start at 0 with zeroed
+optimizer state. H halves when K > (1 + delta) N_p and doubles when K < (1 - delta) N_p. The
+number of active weights never changes; their distribution across layers does.
+
+Time: ``rewire_schedule`` and ``stop`` are fractions of the stream's planned optimizer steps
+(the same clock as gmp's ``begin``/``end``): the position is the planned steps of the earlier
+megabatches plus the steps taken in this one. With N = 1 and E epochs, fraction f is epoch
+f x E, so the paper's schedule (period 100 steps, 200 from epoch 25, 400 from 80, 800 from 140
+of 200, stop at 190) is the default. Rewiring happens only in each megabatch's rewiring window
+(``RewiringTraining``); the period counts window steps and carries over megabatch boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alma_bench.config import derive
+from alma_bench.registry import STRATEGIES
+from alma_bench.sparsity import check_density
+from alma_bench.sparsity.plugin import RewiringTraining, strategy_masks
+from alma_bench.sparsity.rewire import (
+    FINAL_MASKS,
+    INITIAL_STATE,
+    adjust_threshold,
+    final_masks,
+    initial_state,
+    keep_dense,
+    one_by_one_convs,
+    random_layer_masks,
+    reallocate,
+    save_artifact,
+)
+
+
+def dsr_masks(ctx, params):
+    """The mask set of a DSR-style strategy: MaskSet's layer flags plus ``prune_1x1``."""
+    ms = strategy_masks(ctx, params)
+    if not params.prune_1x1:
+        keep_dense(ms, one_by_one_convs(ctx.model, ms.names))
+    return ms
+
+
+def random_structure(ctx, maskset, density: float) -> dict:
+    """DSR's initial structure. One seed purpose, so ``static`` with ``structure: random`` and
+    the same run seed and layers starts from exactly DPR's initial mask (experiment d)."""
+    g = torch.Generator().manual_seed(derive(ctx.seeds.strategy, "random-structure"))
+    return random_layer_masks(maskset, density, g)
+
+
+class DPRPlugin(RewiringTraining):
+    def __init__(self, ctx, maskset, params: DPR):
+        super().__init__(maskset)
+        self.ctx, self.p = ctx, params
+        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
+        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
+        self.threshold = params.threshold  # H
+        self.since = 0  # window steps since the last reallocation, across megabatches
+        self.t = self.reallocated = self.rewires = 0
+
+    def position(self) -> float:
+        """Fraction of the stream's planned steps done (steps taken in this megabatch)."""
+        return (self.offsets[self.t] + self.exp_step) / max(1, self.offsets[-1])
+
+    def period(self, position: float) -> int:
+        return [p for start, p in self.p.rewire_schedule if start <= position][-1]
+
+    def before_training_exp(self, strategy, **kw):
+        super().before_training_exp(strategy, **kw)
+        self.t = strategy.experience.current_experience
+        self.reallocated = self.rewires = 0
+        if self.t == 0:
+            # the initialisation static retraining can rewind to (experiment c); a resumed
+            # attempt keeps the first one's file (the same bits anyway: the init is seeded)
+            save_artifact(self.ctx, INITIAL_STATE, initial_state(strategy.model),
+                          overwrite=False)
+            self.maskset.update(random_structure(self.ctx, self.maskset, self.p.density),
+                                strategy.optimizer)
+
+    def rewire(self, strategy) -> None:
+        position = self.position()
+        if position > self.p.stop:  # ablation (e): DPR stopped, trained on statically
+            return
+        self.since += 1
+        if self.since < self.period(position):
+            return
+        self.since = 0
+        g = torch.Generator().manual_seed(
+            derive(self.ctx.seeds.strategy, "dpr", self.t, self.exp_step))
+        k, _ = reallocate(self.maskset, self.threshold, g, strategy.optimizer)
+        self.threshold = adjust_threshold(self.threshold, k, self.p.n_prune, self.p.delta)
+        self.reallocated += k
+        self.rewires += 1
+
+    def after_training_exp(self, strategy, **kw):
+        # the masks are final here (the window closed before the last epoch)
+        if self.t == self.ctx.n_megabatches - 1:
+            save_artifact(self.ctx, FINAL_MASKS, final_masks(self.maskset))
+
+    def metrics(self) -> dict:
+        return {**super().metrics(), "threshold": self.threshold,
+                "reallocated": self.reallocated, "rewires": self.rewires,
+                "rewire_period": self.period(self.position())}
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold, "since": self.since}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold, self.since = float(state["threshold"]), int(state["since"])
+
+
+@STRATEGIES.register("dpr")
+@dataclass(frozen=True)
+class DPR:
+    """Dynamic parameter reallocation (DSR): global adaptive threshold, proportional regrowth."""
+
+    # density of the sparse layers (the paper: 0.1 and 0.2 of WRN-28-2's 3x3 block convs)
+    density: float = 0.1
+    # (from this fraction of the stream's planned steps, rewire every this many steps)
+    rewire_schedule: tuple[tuple[float, ...], ...] = (
+        (0.0, 100), (0.125, 200), (0.4, 400), (0.7, 800))
+    stop: float = 0.95  # no rewiring after this fraction of the planned steps
+    n_prune: int = 600  # N_p: the number of weights H is tuned to prune per reallocation
+    delta: float = 0.1  # tolerance around N_p
+    threshold: float = 1e-3  # H at the start
+    # DSR keeps the first conv, the 1x1 shortcuts and the classifier dense
+    # the suite-wide default layer set (every conv, no Linear layer), so densities compare
+    # across strategies; the paper's (first conv, 1x1 shortcuts, classifier dense) is
+    # prune_first=false, prune_1x1=false, as the dpr-trainability suite sets it
+    prune_first: bool = True
+    prune_last: bool = False
+    prune_linear: bool = False
+    prune_1x1: bool = True
+
+    def __post_init__(self):
+        check_density(self.density)
+        pairs = [tuple(p) for p in self.rewire_schedule]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError("rewire_schedule must be a non-empty list of [fraction, period] pairs")
+        starts = [float(s) for s, _ in pairs]
+        if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= 1:
+            raise ValueError(f"rewire_schedule fractions must start at 0 and rise below 1, "
+                             f"got {starts}")
+        if any(p != int(p) or p < 1 for _, p in pairs):
+            raise ValueError(f"rewire_schedule periods must be whole steps >= 1, got "
+                             f"{[p for _, p in pairs]}")
+        object.__setattr__(self, "rewire_schedule", tuple((float(s), int(p)) for s, p in pairs))
+        if not 0 <= self.stop <= 1:
+            raise ValueError(f"stop must be in [0, 1], got {self.stop}")
+        if self.n_prune < 1:
+            raise ValueError(f"n_prune must be >= 1, got {self.n_prune}")
+        if not 0 <= self.delta < 1:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
+        if not self.threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+
+    def plugins(self, ctx) -> list:
+        return [DPRPlugin(ctx, dsr_masks(ctx, self), self)]

@@ -1,0 +1,150 @@
+"""Prune-and-regrow under a density schedule: SET-style MP-RR and RP-RR (ALGORITHMS.md sec. 9).
+
+Every ``update_period`` steps each layer l is brought to exactly round(d_l(s) x n_l) weights:
+pruned by magnitude (MP) or at random (RP) when above it, regrown at random (RR) when below,
+and ``drop_fraction`` of its surviving weights are swapped (pruned by the same criterion,
+regrown at random elsewhere), optionally cosine-decayed (RigL). Regrown weights start at 0
+with zeroed optimizer state.
+
+The schedule d_l(s) (any registered one, per layer if wanted) runs from ``initial_density`` to
+``density`` over [``begin``, ``end``] of the stream's planned optimizer steps, as gmp's does:
+megabatch t's planned span is run over its rewiring window (its first E - 1 epochs), so the
+density due at its planned end is reached at the window's last step and its last epoch trains
+under it. Who decides the densities is :meth:`PruneRegrowPlugin.layer_targets`, so a learned
+schedule (an RL agent) subclasses the plugin and replaces that one method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from alma_bench.config import derive
+from alma_bench.errors import UserError
+from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
+from alma_bench.sparsity import check_density, progress
+from alma_bench.sparsity.plugin import RewiringTraining, strategy_masks
+from alma_bench.sparsity.rewire import (
+    FINAL_MASKS,
+    INITIAL_STATE,
+    final_masks,
+    initial_state,
+    save_artifact,
+    set_layer_densities,
+)
+
+
+class PruneRegrowPlugin(RewiringTraining):
+    def __init__(self, ctx, maskset, params: PruneRegrow):
+        super().__init__(maskset)
+        self.ctx, self.p = ctx, params
+        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
+        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
+        self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
+        self.pruner = PRUNERS.create(params.pruner, scope="layer")
+        self.schedules = layer_schedules(params.schedule, maskset.names)
+        self.t = 0
+
+    def schedule_progress(self, planned_step: float | None = None) -> float:
+        """Schedule progress in [0, 1]: megabatch t's planned span run over its window."""
+        if planned_step is None:
+            span = self.offsets[self.t + 1] - self.offsets[self.t]
+            planned_step = self.offsets[self.t] + span * self.window_progress()
+        return progress(planned_step, self.s0, self.s1)
+
+    def layer_targets(self, progress: float) -> dict[str, float]:
+        """The density d_l of every layer at ``progress``: the replaceable decision."""
+        p = self.p
+        return {n: s.density(progress, p.initial_density, p.density)
+                for n, s in self.schedules.items()}
+
+    def drop_fraction(self, progress: float) -> float:
+        if self.p.drop_decay == "cosine":
+            return self.p.drop_fraction * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.p.drop_fraction
+
+    def update_masks(self, targets: dict[str, float], drop: float, strategy) -> None:
+        g = torch.Generator().manual_seed(
+            derive(self.ctx.seeds.strategy, "prune-regrow", self.t, self.exp_step))
+        set_layer_densities(self.maskset, targets, self.pruner, drop, g, strategy.optimizer)
+
+    def before_training_exp(self, strategy, **kw):
+        super().before_training_exp(strategy, **kw)
+        self.t = strategy.experience.current_experience
+        if self.t == 0:
+            save_artifact(self.ctx, INITIAL_STATE, initial_state(strategy.model),
+                          overwrite=False)
+        # on schedule before the first step (d_0 itself, e.g. the constant schedule's d_T);
+        # no swap here: later megabatches start where the previous window left them
+        self.update_masks(self.layer_targets(self.schedule_progress()), 0.0, strategy)
+
+    def rewire(self, strategy) -> None:
+        # every update_period steps, and at the window's last step, where the density due at
+        # the megabatch's planned end is reached exactly
+        if self.exp_step % self.p.update_period == 0 or not self.window_open():
+            p = self.schedule_progress()
+            self.update_masks(self.layer_targets(p), self.drop_fraction(p), strategy)
+
+    def after_training_exp(self, strategy, **kw):
+        if self.t == self.ctx.n_megabatches - 1:  # masks are final: the window has closed
+            save_artifact(self.ctx, FINAL_MASKS, final_masks(self.maskset))
+
+    def metrics(self) -> dict:
+        end = self.layer_targets(self.schedule_progress(self.offsets[self.t + 1]))
+        sizes = {n: m.numel() for n, m in self.maskset.masks.items()}
+        kept = sum(round(end[n] * sizes[n]) for n in sizes)
+        return {**super().metrics(), "target_density": kept / sum(sizes.values()),
+                "drop_fraction": self.drop_fraction(self.schedule_progress())}
+
+
+def layer_schedules(schedule: str | dict, names: list[str]) -> dict:
+    """Layer name -> schedule object, from one name or a {layer: name} mapping whose key
+    ``default`` covers the layers it does not name."""
+    if isinstance(schedule, str):
+        return {n: SCHEDULES.create(schedule) for n in names}
+    unknown = sorted(set(schedule) - set(names) - {"default"})
+    missing = [n for n in names if n not in schedule and "default" not in schedule]
+    if unknown or missing:
+        raise UserError(f"prune-regrow: schedule mapping: unknown layer(s) {unknown}, missing "
+                        f"{missing}. Valid: {', '.join(names)}, default")
+    return {n: SCHEDULES.create(schedule.get(n, schedule.get("default"))) for n in names}
+
+
+@STRATEGIES.register("prune-regrow")
+@dataclass(frozen=True)
+class PruneRegrow:
+    """Prune (magnitude or random) and regrow at random to a per-layer density schedule."""
+
+    density: float = 0.1  # final density d_T of every layer (the seeded table's 10%)
+    initial_density: float = 1.0  # d_0
+    schedule: str | dict = "cubic"  # a registered schedule, or {layer or "default": name}
+    pruner: Literal["magnitude", "random"] = "magnitude"  # MP-RR or RP-RR
+    update_period: int = 20  # optimizer steps between mask updates
+    drop_fraction: float = 0.3  # share of surviving weights swapped per update (SET's 0.3)
+    drop_decay: Literal["none", "cosine"] = "none"
+    begin: float = 0.0  # schedule start, as a fraction of the stream's planned steps
+    end: float = 1.0  # d_T reached here, then held
+    prune_first: bool = True  # the suite-wide default layer set: every conv, no Linear layer
+    prune_last: bool = False
+    prune_linear: bool = False
+
+    def __post_init__(self):
+        check_density(self.density)
+        check_density(self.initial_density)
+        names = [self.schedule] if isinstance(self.schedule, str) else list(
+            self.schedule.values())
+        bad = [s for s in names if not isinstance(s, str) or s not in SCHEDULES]
+        if bad:
+            raise ValueError(f"unknown schedule {bad[0]!r}. Valid: {', '.join(SCHEDULES.names())}")
+        if self.update_period < 1:
+            raise ValueError(f"update_period must be >= 1, got {self.update_period}")
+        if not 0 <= self.drop_fraction < 1:
+            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if not 0 <= self.begin < self.end <= 1:
+            raise ValueError(f"need 0 <= begin < end <= 1, got begin={self.begin}, end={self.end}")
+
+    def plugins(self, ctx) -> list:
+        return [PruneRegrowPlugin(ctx, strategy_masks(ctx, self), self)]

@@ -1,0 +1,188 @@
+"""Learned per-layer density schedules (Tessera et al. 2022; ALGORITHMS.md section 10).
+
+``prune-regrow`` with its one replaceable decision, :meth:`PruneRegrowPlugin.layer_targets`,
+made by a RecurrentPPO agent: at each of the run's decision points (before a megabatch, every
+``update_period`` steps of its rewiring window, at the window's end) the agent reads the
+observation of :mod:`alma_bench.rl.env` (per layer: density, mean |w|, gradient norm since the
+last decision; progress, training loss, validation accuracy) and returns one density per
+layer; the run's final decision is projected so the run ends at exactly ``density``. Masks,
+cadence, swaps and the selection rule are prune-regrow's, so the learned schedule is compared
+with the handcrafted ones on equal terms.
+
+The agent is ``agent=PATH`` (made by ``alma-bench train-agent`` for the same stream, model,
+protocol and schedule parameters: anything else is a one-line error before training), or,
+without one, trained at the run's first decision for ``episodes`` episodes on train networks
+(seeded from the strategy seed, the train split of this run's stream), saved as
+``artifacts/agent.zip`` (+ ``.json``) and reused when the run resumes; the seconds it took are
+``agent_train_s`` in every row. Each metrics row lists the megabatch's decisions
+(``rl_schedule``: optimizer step and per-layer target densities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from alma_bench.config import derive
+from alma_bench.errors import UserError
+from alma_bench.registry import STRATEGIES
+from alma_bench.sparsity import check_density
+from alma_bench.sparsity.plugin import strategy_masks
+from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
+
+AGENT = "agent.zip"  # an agent trained in the run, under its artifacts/
+
+
+def _rl():
+    """The RL modules, or a one-line error naming the extra that installs them."""
+    try:
+        from alma_bench.rl import agent, env
+    except ImportError as e:
+        raise UserError(f"rl-schedule needs gymnasium and sb3-contrib ({e.name} is missing): "
+                        "pip install 'alma-bench[rl]'") from None
+    return agent, env
+
+
+class RLSchedulePlugin(PruneRegrowPlugin):
+    def __init__(self, ctx, maskset, params: RLSchedule):
+        super().__init__(ctx, maskset, params.prune_regrow())
+        self.rl, (self.agent_mod, self.env_mod) = params, _rl()
+        self.config = params.env_config(ctx.spec.stream, ctx.spec.model, ctx.spec.protocol)
+        if params.agent is not None:  # a wrong agent fails now, not after a megabatch
+            self.agent_mod.check_agent(params.agent, self.config)
+        p = ctx.protocol
+        # T of the environment the agent was trained in: progress k/T means the same here
+        self.n_decisions = len(self.env_mod.plan(
+            [len(mb.train) for mb in ctx.stream.megabatches], p.epochs, p.batch_size,
+            params.update_period))
+        self.sizes = {n: m.numel() for n, m in maskset.masks.items()}
+        self.stats = self.env_mod.IntervalStats(len(self.sizes))
+        self.policy = None
+        self.k, self.obs_t, self.train_s, self.agent_sha = 0, 0, 0.0, None
+        self.last_targets: dict[str, float] = {}
+        self.decisions: list[dict] = []  # of the current megabatch
+
+    def _load_policy(self):
+        a = self.agent_mod
+        path = self.rl.agent
+        own = Path(self.ctx.run_dir) / "artifacts" / AGENT if self.ctx.run_dir else None
+        if path is None and own is not None and own.is_file():
+            path = own  # a resumed run: the agent it trained before the interruption
+        if path is not None:
+            self.agent_sha = a.file_hash(path)
+            return a.Policy(a.load_agent(path, self.config))
+        model, returns, self.train_s = a.train_agent(
+            self.config, self.rl.episodes, self.rl.envs,
+            seed=derive(self.ctx.seeds.strategy, "rl-agent"),
+            train_fraction=self.rl.train_fraction)
+        if own is not None:
+            a.save_agent(model, own, self.config, {"episodes": len(returns),
+                                                   "returns": returns,
+                                                   "train_s": self.train_s})
+            self.agent_sha = a.file_hash(own)
+        return a.Policy(model)
+
+    def before_training_exp(self, strategy, **kw):
+        self.decisions = []
+        super().before_training_exp(strategy, **kw)
+
+    def after_backward(self, strategy, **kw):
+        super().after_backward(strategy, **kw)  # masked gradients, as the env measures them
+        self.stats.add(self.maskset, strategy.loss.detach())
+        self.obs_t = self.t  # the next observation validates on this megabatch, as the env
+
+    def layer_targets(self, progress: float) -> dict[str, float]:
+        """The agent's decision at this point of the run (``progress`` is not used: the agent
+        reads its own k/T, as in the environment)."""
+        if self.policy is None:
+            self.policy = self._load_policy()
+        env, c = self.env_mod, self.config
+        val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(self.obs_t))
+        obs = env.observation(self.maskset, self.stats, min(1.0, self.k / self.n_decisions),
+                              val_acc)
+        targets = env.to_densities(self.policy.act(obs), list(self.sizes), c.min_density,
+                                   c.max_density)
+        if self.t == self.ctx.n_megabatches - 1 and not self.window_open():
+            # the run's last decision: the final masks are at exactly the target density
+            targets = env.project(targets, self.sizes, c.density, c.min_density)
+        self.k += 1
+        self.stats = env.IntervalStats(len(self.sizes))
+        self.last_targets = targets
+        self.decisions.append({"step": self.ctx.step, "targets": targets})
+        return targets
+
+    def metrics(self) -> dict:
+        kept = sum(round(self.last_targets[n] * s) for n, s in self.sizes.items())
+        # MaskedTraining's fields; prune-regrow's own would ask the agent for a decision
+        return {**super(PruneRegrowPlugin, self).metrics(),
+                "target_density": kept / sum(self.sizes.values()),
+                "drop_fraction": self.p.drop_fraction, "rl_schedule": self.decisions,
+                "agent_train_s": self.train_s, "agent_sha256": self.agent_sha}
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "obs_t": self.obs_t, "stats": self.stats.state_dict(),
+                "policy": self.policy.state_dict() if self.policy else None,
+                "train_s": self.train_s, "last_targets": self.last_targets}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.k, self.obs_t, self.train_s = state["k"], state["obs_t"], state["train_s"]
+        self.stats.load_state_dict(state["stats"])
+        self.last_targets = state["last_targets"]
+        if state["policy"] is not None:
+            self.policy = self._load_policy()
+            self.policy.load_state_dict(state["policy"])
+
+
+@STRATEGIES.register("rl-schedule")
+@dataclass(frozen=True)
+class RLSchedule:
+    """Prune-regrow with per-layer densities chosen by a RecurrentPPO agent (learned schedule)."""
+
+    density: float = 0.1  # final global density over the prunable weights
+    min_density: float = 0.05  # the agent's range per layer (action [-1, 1] mapped onto it)
+    max_density: float = 1.0
+    pruner: Literal["magnitude", "random"] = "magnitude"  # MP-RR or RP-RR
+    update_period: int = 20  # optimizer steps between decisions (the env's interval)
+    drop_fraction: float = 0.3
+    reward: Literal["terminal", "delta"] = "terminal"  # final val acc, or its change per step
+    agent: str | None = None  # a saved agent (.zip); none: train one in the run
+    episodes: int = 25  # when training in the run (the paper's agent needed 25 to 50)
+    envs: int = 1  # parallel environments when training in the run
+    train_fraction: float = 0.5  # share of the training pool the agent trains on
+    prune_first: bool = True
+    prune_last: bool = False
+    prune_linear: bool = True
+
+    def __post_init__(self):
+        check_density(self.density)
+        if not 0 < self.min_density <= self.density <= 1:
+            raise ValueError(f"need 0 < min_density <= density, got min_density="
+                             f"{self.min_density}, density={self.density}")
+        if not self.min_density <= self.max_density <= 1:
+            raise ValueError(f"need min_density <= max_density <= 1, got {self.max_density}")
+        if self.episodes < 1 or self.envs < 1:
+            raise ValueError("episodes and envs must be >= 1")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        self.prune_regrow()  # update_period and drop_fraction checked as prune-regrow does
+
+    def prune_regrow(self) -> PruneRegrow:
+        """The prune-regrow whose cadence and mask updates this strategy uses."""
+        return PruneRegrow(density=self.density, schedule="constant", pruner=self.pruner,
+                           update_period=self.update_period, drop_fraction=self.drop_fraction,
+                           prune_first=self.prune_first, prune_last=self.prune_last,
+                           prune_linear=self.prune_linear)
+
+    def env_config(self, stream: dict, model: dict, protocol: dict):
+        """The environment config of a run with these sections (the agent must match it)."""
+        env = _rl()[1]
+        return env.EnvConfig(
+            stream=stream, model=model, protocol=protocol, density=self.density,
+            min_density=self.min_density, max_density=self.max_density, pruner=self.pruner,
+            update_period=self.update_period, drop_fraction=self.drop_fraction,
+            reward=self.reward, prune_first=self.prune_first, prune_last=self.prune_last,
+            prune_linear=self.prune_linear)
+
+    def plugins(self, ctx) -> list:
+        return [RLSchedulePlugin(ctx, strategy_masks(ctx, self), self)]

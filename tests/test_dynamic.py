@@ -1,0 +1,365 @@
+"""Dynamic sparse strategies: DPR (section 8), prune-regrow (section 9) and static retraining.
+
+Pure functions are tested on constructed cases; runs use the tiny synthetic stream through
+``runner.execute`` with hand-made RunSpecs, and a RunContext hook that gives each run its
+folder (``run_dir``) and dependencies (``deps``), so nothing is asked of the suite-level
+dependency mechanism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import write_suite
+from torch import nn
+
+from alma_bench import training
+from alma_bench.config import load_suite
+from alma_bench.errors import UserError
+from alma_bench.models import build_model
+from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
+from alma_bench.runner import execute
+from alma_bench.sparsity import MaskSet
+from alma_bench.sparsity.rewire import (
+    adjust_threshold,
+    growth_shares,
+    keep_dense,
+    one_by_one_convs,
+    random_layer_masks,
+    reallocate,
+    set_layer_densities,
+    threshold_prune,
+)
+from alma_bench.store import RunDir, read_rows
+from alma_bench.strategies import dpr as dpr_module
+from alma_bench.strategies.prune_regrow import PruneRegrowPlugin, layer_schedules
+from alma_bench.strategies.static import StaticPlugin
+
+STREAM = {"name": "synthetic", "n_train": 160, "n_test": 48, "classes": 3, "size": 8,
+          "megabatches": 3, "replay": "all"}
+DPR_FAST = {"rewire_schedule": [[0, 2]], "n_prune": 8}  # rewire every 2 steps, small N_p
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def test_threshold_rule():
+    # N_p = 100, delta = 0.1: halve above 110, double below 90, keep in between (inclusive)
+    assert adjust_threshold(1.0, 111, 100, 0.1) == 0.5
+    assert adjust_threshold(1.0, 89, 100, 0.1) == 2.0
+    for k in (90, 100, 110):
+        assert adjust_threshold(1.0, k, 100, 0.1) == 1.0
+
+
+def test_growth_shares_proportional_to_survivors():
+    g = torch.Generator().manual_seed(0)
+    room = {"a": 100, "b": 100, "c": 100}
+    surv = {"a": 1, "b": 2, "c": 3}
+    assert growth_shares(surv, room, 12, g) == {"a": 2, "b": 4, "c": 6}  # exact, no leftover
+    for seed in range(5):  # 7 x (1, 2, 3) / 6 = 1.17, 2.33, 3.5: floors 1, 2, 3, one left
+        shares = growth_shares(surv, room, 7, torch.Generator().manual_seed(seed))
+        assert sum(shares.values()) == 7
+        assert [shares[n] - f for n, f in zip("abc", (1, 2, 3))].count(1) == 1
+    # a full layer's excess goes to the layers with room, still exactly K in all
+    assert growth_shares({"a": 10, "b": 10}, {"a": 2, "b": 100}, 10, g) == {"a": 2, "b": 8}
+    with pytest.raises(ValueError):
+        growth_shares({"a": 1}, {"a": 3}, 4, g)
+
+
+def _toy(density=0.3, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 6))
+    ms = MaskSet(model)
+    ms.update(random_layer_masks(ms, density, torch.Generator().manual_seed(seed)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for w in ms.weights.values():  # momentum everywhere, and weights even where masked
+        opt.state[w]["momentum_buffer"] = torch.ones_like(w)
+        with torch.no_grad():
+            w.copy_(torch.randn(w.shape))
+    return model, ms, opt
+
+
+def test_threshold_prune_keeps_one_per_tensor_and_respects_the_limit():
+    model, ms, _ = _toy()
+    everything = threshold_prune(ms, 1e9)
+    for n, m in ms.masks.items():
+        assert int(everything[n].sum()) == int(m.sum()) - 1  # the largest survives
+        survivor = m & ~everything[n]
+        assert ms.weights[n].abs()[survivor].item() == ms.weights[n].abs()[m].max().item()
+    limited = threshold_prune(ms, 1e9, limit=5)
+    assert sum(int(p.sum()) for p in limited.values()) == 5
+    cut = max(ms.weights[n].abs()[p].max() for n, p in limited.items() if p.any())
+    rest = min(ms.weights[n].abs()[everything[n] & ~limited[n]].min() for n in limited)
+    assert cut <= rest  # the smallest are pruned first
+
+
+def test_reallocate_constant_count_regrown_zero_no_momentum_never_where_pruned():
+    model, ms, opt = _toy()
+    before = {n: m.clone() for n, m in ms.masks.items()}
+    kept = ms.kept()
+    k, pruned = reallocate(ms, 0.8, torch.Generator().manual_seed(1), opt)
+    assert k > 0 and ms.kept() == kept
+    grown_total = 0
+    for n, m in ms.masks.items():
+        w, mom = ms.weights[n], opt.state[ms.weights[n]]["momentum_buffer"]
+        grown = m & ~before[n]
+        grown_total += int(grown.sum())
+        assert not (m & pruned[n]).any()  # nothing pruned in this step came back
+        assert not (grown & before[n]).any()
+        assert not w[grown].any() and not mom[grown].any()  # regrown: 0, no momentum
+        assert not w[pruned[n]].any() and not mom[pruned[n]].any()
+    assert grown_total == k
+
+
+def test_set_layer_densities_exact_counts_with_swap():
+    model, ms, opt = _toy(density=0.5)
+    names = ms.names
+    before = {n: m.clone() for n, m in ms.masks.items()}
+    mags = {n: ms.weights[n].detach().abs().clone() for n in names}
+    targets = {names[0]: 0.3, names[1]: 0.8}
+    new = set_layer_densities(ms, targets, PRUNERS.create("magnitude", scope="layer"), 0.2,
+                              torch.Generator().manual_seed(0), opt)
+    for n in names:
+        m, old, size = ms.masks[n], before[n], before[n].numel()
+        assert torch.equal(new[n], m) and int(m.sum()) == round(targets[n] * size)
+        alive, grown, pruned = int(old.sum()), m & ~old, old & ~m
+        survive = min(alive, round(targets[n] * size))
+        drop = min(round(0.2 * survive), size - alive - (round(targets[n] * size) - survive))
+        assert int(grown.sum()) == round(targets[n] * size) - survive + drop
+        assert int(pruned.sum()) == alive - survive + drop
+        assert mags[n][pruned].max() <= mags[n][old & m].min()  # MP: the smallest go
+        assert not ms.weights[n][grown].any()
+        assert not opt.state[ms.weights[n]]["momentum_buffer"][grown | pruned].any()
+
+
+@pytest.mark.parametrize("name", ["constant", "linear", "quadratic", "cubic", "cosine"])
+def test_each_schedule_hits_its_start_and_end(name):
+    s = SCHEDULES.create(name)
+    start = 0.1 if name == "constant" else 1.0  # constant: d_T from the start
+    assert s.density(0.0, 1.0, 0.1) == pytest.approx(start, abs=1e-12)
+    assert s.density(1.0, 1.0, 0.1) == pytest.approx(0.1, abs=1e-12)
+
+
+def test_per_layer_schedule_mapping():
+    s = layer_schedules({"conv2": "constant", "default": "linear"}, ["conv2", "conv3"])
+    assert [type(v).__name__ for v in s.values()] == ["Constant", "Linear"]
+    with pytest.raises(UserError, match=r"unknown layer\(s\) \['conv9'\], missing \['conv3'\]"):
+        layer_schedules({"conv2": "linear", "conv9": "cubic"}, ["conv2", "conv3"])
+
+
+def test_keep_dense_takes_1x1_convs_out():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3),
+                          nn.Flatten(), nn.Linear(8, 2))
+    ms = MaskSet(model)
+    keep_dense(ms, one_by_one_convs(model, ms.names))
+    assert ms.names == ["0", "2", "4"] and ms.dense_layers == ["1"]
+    assert not hasattr(model[1], "weight_mask")
+
+
+def test_parameter_errors_are_one_line():
+    bad = [("dpr", {"rewire_schedule": [[0.1, 100]]}, "start at 0"),
+           ("dpr", {"rewire_schedule": [[0, 1.5]]}, "whole steps"),
+           ("prune-regrow", {"schedule": "cubical"}, "unknown schedule"),
+           ("static", {"structure": "from_run"}, "needs structure_from"),
+           ("static", {"init": "original"}, "init=original needs structure=from_run")]
+    for name, params, message in bad:
+        with pytest.raises(UserError, match=message):
+            STRATEGIES.create(name, **params)
+
+
+# ---------------------------------------------------------------- runs
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """``run(strategy, params, ...)`` -> (rows, run folder); every run gets ``run_dir``, and
+    ``deps`` from the dict ``run.deps``."""
+    real = training.RunContext
+    out = tmp_path / "o"
+
+    def make(*args, **kw):
+        ctx = real(*args, **kw)
+        if ctx.run_dir is None:
+            ctx.run_dir = RunDir(out, ctx.spec.results_name, ctx.spec.run_id).path
+        ctx.deps.update(run.deps)
+        return ctx
+
+    monkeypatch.setattr(training, "RunContext", make)
+
+    def run(strategy, params=None, protocol=None, root=out, progress=None, **stream):
+        suite = write_suite(tmp_path / "s.yaml", stream={**STREAM, **stream},
+                            protocol={"epochs": 2, "batch_size": 32, "lr": 0.05,
+                                      "momentum": 0.9, "weight_decay": 5e-4,
+                                      "eval_batch_size": 256, **(protocol or {})})
+        spec = load_suite(str(suite)).runs[0]  # the tiny suite's dense entry, made over
+        obj = STRATEGIES.create(strategy, **(params or {}))
+        spec = dataclasses.replace(spec, label=strategy, strategy={
+            "name": strategy, "params": dataclasses.asdict(obj)})
+        execute(spec, root, device="cpu", progress=progress)
+        folder = RunDir(root, spec.results_name, spec.run_id).path
+        return read_rows(folder / "metrics.jsonl"), folder
+
+    run.deps = {}
+    return run
+
+
+def _same_rows(a, b):
+    strip = [{k: v for k, v in r.items() if k != "wall_time"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_time"} for r in b]
+
+
+def test_dpr_count_constant_at_every_reallocation(runs, monkeypatch):
+    calls = []
+
+    def spy(maskset, threshold, generator, optimizer):
+        before, kept = {n: m.clone() for n, m in maskset.masks.items()}, maskset.kept()
+        k, pruned = reallocate(maskset, threshold, generator, optimizer)
+        assert maskset.kept() == kept  # at every rewire, not only at the end
+        for n, m in maskset.masks.items():
+            assert not (m & pruned[n]).any()
+            grown, w = m & ~before[n], maskset.weights[n]
+            assert not w[grown].any()
+            mom = optimizer.state.get(w, {}).get("momentum_buffer")
+            assert mom is None or not mom[grown].any()
+        calls.append((threshold, k))
+        return k, pruned
+
+    monkeypatch.setattr(dpr_module, "reallocate", spy)
+    rows, _ = runs("dpr", DPR_FAST, protocol={"epochs": 3})
+    assert len(calls) >= 5 and sum(k for _, k in calls) > 0
+    for (h, k), (h_next, _) in zip(calls, calls[1:]):  # H follows the rule between rewires
+        assert h_next == adjust_threshold(h, k, 8, 0.1)
+    assert len({r["density"] for r in rows}) == 1
+    assert sum(r["reallocated"] for r in rows) == sum(k for _, k in calls)
+    assert rows[-1]["threshold"] == adjust_threshold(*calls[-1], 8, 0.1)
+    assert rows[0]["dense_layers"] == ["fc"]  # the suite-wide default layer set
+
+
+def test_dpr_with_one_epoch_rewires_only_in_the_first_half(runs, monkeypatch):
+    steps = []
+    orig = dpr_module.DPRPlugin.rewire
+
+    def spy(self, strategy):
+        steps.append((self.exp_step, self.window, len(strategy.dataloader)))
+        orig(self, strategy)
+
+    monkeypatch.setattr(dpr_module.DPRPlugin, "rewire", spy)
+    runs("dpr", {"rewire_schedule": [[0, 1]]}, protocol={"epochs": 1})
+    assert steps and all(s <= w == n // 2 for s, w, n in steps)
+
+
+def test_prune_regrow_exact_after_every_update(runs, monkeypatch):
+    seen = []
+    orig = PruneRegrowPlugin.update_masks
+
+    def spy(self, targets, drop, strategy):
+        orig(self, targets, drop, strategy)
+        for n, m in self.maskset.masks.items():
+            assert int(m.sum()) == round(targets[n] * m.numel())
+        seen.append(targets)
+
+    monkeypatch.setattr(PruneRegrowPlugin, "update_masks", spy)
+    for schedule in ["linear", "constant"]:
+        seen.clear()
+        rows, _ = runs("prune-regrow", {"schedule": schedule, "update_period": 2,
+                                        "pruner": "random", "initial_density": 0.9})
+        start = 0.1 if schedule == "constant" else 0.9
+        assert all(d == start for d in seen[0].values())  # before the first step
+        assert all(d == pytest.approx(0.1, abs=1e-12) for d in seen[-1].values())
+        assert rows[-1]["density"] == rows[-1]["target_density"]
+        assert rows[-1]["density"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_same_seed_same_rows(runs, tmp_path):
+    for name, params in [("dpr", DPR_FAST), ("prune-regrow", {"update_period": 2})]:
+        a, _ = runs(name, params, root=tmp_path / "a")
+        b, _ = runs(name, params, root=tmp_path / "b")
+        _same_rows(a, b)
+
+
+def test_resumed_dpr_equals_uninterrupted(runs, tmp_path):
+    params = {"rewire_schedule": [[0, 3]], "n_prune": 8}  # periods straddle megabatches
+    whole, whole_dir = runs("dpr", params, root=tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    def kill(t, n, row):
+        if t == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        runs("dpr", params, root=tmp_path / "cut", progress=kill)
+    _, cut_dir = runs("dpr", params, root=tmp_path / "cut")
+    resumed = read_rows(cut_dir / "metrics.jsonl")
+    _same_rows(whole, resumed)
+    assert len({r["threshold"] for r in whole}) > 1  # H moved, so its state mattered
+    for name in ("initial_state.pt", "final_masks.pt"):
+        a = torch.load(whole_dir / "artifacts" / name)
+        b = torch.load(cut_dir / "artifacts" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_static_original_starts_from_dpr_initial_state(runs, monkeypatch):
+    _, dpr_dir = runs("dpr", DPR_FAST, megabatches=2)
+    initial = torch.load(dpr_dir / "artifacts" / "initial_state.pt")
+    final = torch.load(dpr_dir / "artifacts" / "final_masks.pt")
+    # the saved initial state is the run's own initialisation, before any mask
+    spec = load_suite(str(dpr_dir.parents[2] / "s.yaml")).runs[0]
+    torch.manual_seed(spec.seeds().init)
+    shape = tuple(initial["conv1.weight"].shape[1:2]) + (8, 8)
+    fresh = build_model(spec.model, shape, 3).state_dict()
+    assert all(torch.equal(fresh[k], initial[k]) for k in fresh)
+
+    starts = []
+    orig = StaticPlugin.before_training_exp
+
+    def spy(self, strategy, **kw):
+        orig(self, strategy, **kw)
+        if strategy.experience.current_experience == 0:
+            starts.append({k: v.clone() for k, v in strategy.model.state_dict().items()})
+
+    monkeypatch.setattr(StaticPlugin, "before_training_exp", spy)
+    runs.deps = {"structure_from": dpr_dir}
+    for init in ("original", "random"):
+        rows, _ = runs("static", {"structure": "from_run", "structure_from": "dpr",
+                                  "init": init}, megabatches=2)
+        state = starts[-1]
+        masks = {k[: -len(".weight_mask")]: v for k, v in state.items()
+                 if k.endswith("weight_mask")}
+        assert masks.keys() == final.keys()
+        assert all(torch.equal(masks[n], final[n]) for n in final)
+        assert rows[0]["density"] == pytest.approx(
+            sum(int(m.sum()) for m in final.values()) / sum(m.numel() for m in final.values()))
+        masked = {k: k[: -len(".weight")] for k in initial
+                  if k.endswith(".weight") and k[: -len(".weight")] in final}
+        same = [torch.equal(state[k], initial[k] * final[masked[k]] if k in masked
+                            else initial[k]) for k in initial]
+        assert all(same) if init == "original" else not all(same)
+
+
+def test_static_missing_artifact_names_file_and_dependency(tmp_path):
+    class Ctx:
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3))
+        deps = {"structure_from": tmp_path}
+
+    s = STRATEGIES.create("static", structure="from_run", structure_from="dpr-run")
+    with pytest.raises(UserError, match=r"final_masks\.pt not found.*structure_from='dpr-run'"):
+        s.plugins(Ctx())
+    Ctx.deps = {}
+    with pytest.raises(UserError, match="structure_from='dpr-run' was not resolved"):
+        s.plugins(Ctx())
+
+
+def test_static_random_is_dpr_initial_density_per_layer(runs):
+    rows, _ = runs("static", megabatches=1)
+    for n, d in rows[0]["layer_density"].items():
+        if n not in rows[0]["dense_layers"]:
+            size = {"conv1": 3 * 4 * 9, "conv2": 4 * 8 * 9, "conv3": 8 * 16 * 9}[n]
+            assert d == round(0.1 * size) / size
+    assert math.isclose(rows[0]["density"],
+                        (round(10.8) + round(28.8) + round(115.2)) / (108 + 288 + 1152))
+
