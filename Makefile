@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint reports perf clean
+.PHONY: run test lint reports perf clean report-quickstart \
+	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,16 +25,41 @@ lint: $(STAMP)
 # Published reports: run each suite that can run on this machine, then regenerate reports/.
 # Finished runs in results/ are reused (run directories are keyed by config hash).
 REPORT = $(BIN)/alma-bench report
-reports: $(STAMP)
-	$(BIN)/alma-bench run quickstart --quiet
+RUN = $(BIN)/alma-bench run
+DENSITIES = [0.1,0.2,0.3663573774335656]
+reports: report-quickstart report-app-density report-app-long \
+	report-dpr-trainability report-sparsity-schedules
+
+report-quickstart: $(STAMP)
+	$(RUN) quickstart --quiet
 	$(REPORT) results/quickstart --out reports/quickstart \
 	  --command "make reports: alma-bench run quickstart && alma-bench report results/quickstart"
-	$(BIN)/alma-bench run app-cifar10 --scale quick --seeds 0,1,2 --quiet
-	$(REPORT) results/app-cifar10-quick --out reports/app-cifar10 \
-	  --command "make reports: alma-bench run app-cifar10 --scale quick --seeds 0,1,2 && alma-bench report results/app-cifar10-quick"
-	$(BIN)/alma-bench run app-long --scale quick --quiet
+
+# APP on real CIFAR-10 images (quick scale, 3 seeds), with osp-snip, app-snip and gmp swept
+# over three final densities (0.366, the suite's default, is the APP paper's final density):
+# one results folder, one report (accuracy vs density, paired comparisons at equal density)
+SWEEP = --grid strategies.osp-snip.density=$(DENSITIES) \
+	--grid strategies.app-snip.density=$(DENSITIES) --grid strategies.gmp.density=$(DENSITIES)
+report-app-density: $(STAMP)
+	$(RUN) app-cifar10 --scale quick --quiet
+	$(RUN) app-cifar10 --scale quick --quiet $(SWEEP)
+	$(REPORT) results/app-cifar10-quick --out reports/app-density \
+	  --command "make reports: alma-bench run app-cifar10 --scale quick [$(SWEEP)] && alma-bench report results/app-cifar10-quick"
+
+report-app-long: $(STAMP)
+	$(RUN) app-long --scale quick --quiet
 	$(REPORT) results/app-long-quick --out reports/app-long \
 	  --command "make reports: alma-bench run app-long --scale quick && alma-bench report results/app-long-quick"
+
+report-dpr-trainability: $(STAMP)
+	$(RUN) dpr-trainability --scale quick --quiet
+	$(REPORT) results/dpr-trainability-quick --out reports/dpr-trainability \
+	  --command "make reports: alma-bench run dpr-trainability --scale quick && alma-bench report results/dpr-trainability-quick"
+
+report-sparsity-schedules: $(STAMP)
+	$(RUN) sparsity-schedules --scale quick --quiet
+	$(REPORT) results/sparsity-schedules-quick --out reports/sparsity-schedules \
+	  --command "make reports: alma-bench run sparsity-schedules --scale quick && alma-bench report results/sparsity-schedules-quick"
 
 perf: $(STAMP)
 	$(BIN)/alma-bench perf --json reports/perf.json

@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="output directory (default RESULTS/report)")
     rep.add_argument("--command", default=None,
                      help="the command to record as having made the results (default: this one)")
+    rep.add_argument("--format", default="png", metavar="FMT[,FMT]",
+                     help="figure formats, comma-separated: png, pdf, svg (default png; the "
+                          "README embeds the png, else the first)")
     rep.set_defaults(func=cmd_report)
 
     ag = sub.add_parser("train-agent", help="train a RecurrentPPO schedule agent for a suite's "
@@ -191,6 +194,8 @@ def cmd_run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.ray_gpus is not None and args.ray_gpus < 0:
+        raise UserError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
     strategies = args.strategies.split(",") if args.strategies else None
     suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
                  threads=args.threads)
@@ -385,7 +390,8 @@ def cmd_train_agent(args) -> int:
     agent = _rl()[0]  # a one-line error without the rl extra
     strategy, config, seed, name = agent.suite_config(args.suite, args.scale, args.sets)
     out = Path(args.out or f"agents/{name}.zip")
-    # the seed an in-run rl-schedule of the suite's first seed uses: the same agent
+    # the seed an in-run rl-schedule of the suite's first seed uses: with the same episodes
+    # and envs, the agent that run would train
     s = Seeds.derive(seed).strategy
     model, returns, secs = agent.train_agent(config, args.episodes, args.envs,
                                              seed=derive(s, "rl-agent"),
@@ -408,8 +414,9 @@ def cmd_report(args) -> int:
     from alma_bench.report import make_report
 
     cmd = args.command or ("alma-bench report " + args.results
-                           + (f" --out {args.out}" if args.out else ""))
-    path = make_report(args.results, args.out, command=cmd)
+                           + (f" --out {args.out}" if args.out else "")
+                           + (f" --format {args.format}" if args.format != "png" else ""))
+    path = make_report(args.results, args.out, command=cmd, formats=args.format)
     print(f"report written to {path}")
     return 0
 

@@ -22,6 +22,15 @@ TARGETS = {  # the issue's targets: key -> (limit, "max" or "min")
     "cached_start_s": (3.0, "max"),
     "workers_speedup": (1.6, "min"),
 }
+#: built-ins measured besides dense and app (rl-schedule trains an agent first: not a loop cost)
+def strategy_kinds() -> list[str]:
+    from alma_bench.registry import STRATEGIES
+
+    return [n for n in STRATEGIES.names()
+            if STRATEGIES.get(n).cls.__module__.startswith("alma_bench.strategies")
+            and n not in ("dense", "app", "rl-schedule")]
+
+
 # the CIFAR-10 JPEG folders of this workspace, relative to the repository
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -146,6 +155,11 @@ def measure(args) -> dict:
             execute(spec("dense", "warm", warm), tmp / f"warm{cl}", "cpu", channels_last=cl)
             result.setdefault("harness_first_run_s", time.perf_counter() - t0)
         variants = [(kind, cl) for kind in ("bare", "dense", "app") for cl in (False, True)]
+        # every other built-in strategy at its defaults, in the contiguous layout: time per
+        # training sample against dense in the same process (rewiring is inside the loop)
+        # (--quick: the rewiring ones only)
+        variants += [(kind, False) for kind in strategy_kinds()
+                     if not args.quick or kind in ("gmp", "dpr", "prune-regrow")]
         if not args.quick:  # torch.compile, in the layout eager code is fastest in on CPUs
             variants.append(("compiled", True))
         raw: dict = {f"{k}:{int(cl)}": [] for k, cl in variants}
@@ -307,6 +321,9 @@ def format_table(r: dict) -> str:
     for name in ("contiguous", "channels_last"):
         rows.append((f"sparse (APP final density)/dense step time, {name}",
                      _s(r["sparse"][name]["final_step_ratio"])))
+    for kind, st in (r.get("strategies") or {}).items():
+        rows.append((f"{kind}/dense time per training sample, contiguous",
+                     _s(st["per_sample_vs_dense"])))
     sh = r["shares"]
     rows += [("test-set pass s / share of a megabatch",
               f"{_s(sh['test_pass_s'])} / {_s(sh['test_pass_of_megabatch'], '{:.1%}')}"),

@@ -285,6 +285,13 @@ def summarise(raw: dict) -> dict:
     out["harness_vs_bare_ratio"] = hl["vs_limit"]["median"]
     out["harness_whole_vs_bare_ratio"] = hl["whole_vs_limit"]["median"]
     out["sparse_vs_dense_ratio"] = out["sparse"][layouts[best]]["final_step_ratio"]["median"]
+    dense0 = raw["dense:0"]
+    out["strategies"] = {  # per-repeat pairs with dense, like every other ratio here
+        key.split(":")[0]: {"per_sample_vs_dense": stats([
+            (s["loop_s"] / s["samples"]) / (d["loop_s"] / d["samples"])
+            for s, d in zip(runs, dense0)])}
+        for key, runs in raw.items()
+        if key.endswith(":0") and key.split(":")[0] not in ("bare", "dense", "app", "compiled")}
     dense, app = raw[f"dense:{best}"], raw[f"app:{best}"]
     n_mb = len(dense[0]["mb_wall_s"])
     out["shares"] = {

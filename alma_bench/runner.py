@@ -134,7 +134,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     write_json(rd.config, {**spec.to_json(), "version": __version__,
                            "machine": machine_info(dev),
                            "provenance": provenance(dev, spec.threads, env)})
-    sink = _tensorboard(tensorboard, spec)
+    sink = _tensorboard(tensorboard, spec, rows)  # re-logs the rows a resumed run starts with
     experiences = stream.benchmark.train_stream
     for t in range(len(rows), stream.n_megabatches):
         start = time.perf_counter()
@@ -182,6 +182,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     summary = summarize(rows)
     rd.finish(rows, summary, stream.n_megabatches)
     if sink:
+        sink.log_hparams(spec.to_json(), summary)
         sink.close()
     return summary
 
@@ -208,9 +209,13 @@ def dependency_dirs(spec: RunSpec, out: Path) -> dict[str, Path]:
     return dirs
 
 
-def _tensorboard(log_dir, spec):
+def _tensorboard(log_dir, spec: RunSpec, rows: list[dict]):
+    """The run's TensorBoard sink (``<log_dir>/<suite folder>/<label>/seed<N>``), or None."""
     if not log_dir:
         return None
     from alma_bench.tb import TensorBoardSink
 
-    return TensorBoardSink(log_dir, spec.suite, spec.label, spec.seed)
+    # The results folder's name (suite plus a non-default scale), as under --out: two scales
+    # of one suite never share a TensorBoard run.
+    return TensorBoardSink(log_dir, spec.results_name, spec.label, spec.seed,
+                           run_id=spec.run_id, rows=rows)

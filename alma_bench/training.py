@@ -49,6 +49,7 @@ class RunContext:
     # the masks in force at that step (set by ClockPlugin when a FlopMeter is given)
     train_flops: float = 0.0
     flop_meter: object = None
+    epoch_end_masks: list = field(default_factory=list)  # masks validation saw, per epoch
     # the run's own result folder (a strategy may save artifacts in ``run_dir / "artifacts"``)
     # and, per dependency parameter (e.g. ``structure_from``), the folder of the finished run
     # it names; see ``depends_on`` in the README's plugin section
@@ -226,7 +227,17 @@ class SelectionGuard(SupervisedPlugin):
         self.epoch_masks = []
 
     def after_training_epoch(self, strategy, **kw):
-        self.epoch_masks.append(mask_state(strategy.model))
+        now = mask_state(strategy.model)
+        seen = self.ctx.epoch_end_masks[-1] if self.ctx.epoch_end_masks else now
+        if now.keys() != seen.keys() or any(not torch.equal(now[k], seen[k]) for k in now):
+            # validation scored the epoch before this change: its score would describe a
+            # model that no longer exists
+            raise RuntimeError(
+                f"megabatch {self.ctx.megabatch + 1}: the masks changed in after_training_epoch "
+                f"of epoch {len(self.epoch_masks) + 1}, after validation; a strategy may change "
+                "masks before a megabatch or inside its rewiring window "
+                "(alma_bench.sparsity.plugin.RewiringTraining.rewire)")
+        self.epoch_masks.append(now)
 
     def after_training_exp(self, strategy, **kw):
         if not self.epoch_masks:
@@ -257,6 +268,7 @@ class BestValidationPlugin(SupervisedPlugin):
         self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
         self.correct, self.seen = None, 0
         self.ctx.epoch_log = []
+        self.ctx.epoch_end_masks = []
 
     def before_training_epoch(self, strategy, **kw):
         self.start_masks = mask_state(strategy.model)
@@ -270,6 +282,8 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def after_training_epoch(self, strategy, **kw):
         t = self.ctx.megabatch
+        # the masks validation sees: the guard checks no later hook of this epoch changes them
+        self.ctx.epoch_end_masks.append(mask_state(strategy.model))
         val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(t))
         train_acc = int(self.correct) / max(1, self.seen) if self.correct is not None else 0.0
         self.correct, self.seen = None, 0

@@ -66,7 +66,10 @@ class DPRPlugin(RewiringTraining):
 
     def position(self) -> float:
         """Fraction of the stream's planned steps done (steps taken in this megabatch)."""
-        return (self.offsets[self.t] + self.exp_step) / max(1, self.offsets[-1])
+        # megabatch t's planned span run over its rewiring window, as gmp and prune-regrow do,
+        # so every fraction of the stream is reached (stop=0.85 stops at 85% of the plan)
+        span = self.offsets[self.t + 1] - self.offsets[self.t]
+        return (self.offsets[self.t] + span * self.window_progress()) / max(1, self.offsets[-1])
 
     def period(self, position: float) -> int:
         return [p for start, p in self.p.rewire_schedule if start <= position][-1]
@@ -129,7 +132,6 @@ class DPR:
     n_prune: int = 600  # N_p: the number of weights H is tuned to prune per reallocation
     delta: float = 0.1  # tolerance around N_p
     threshold: float = 1e-3  # H at the start
-    # DSR keeps the first conv, the 1x1 shortcuts and the classifier dense
     # the suite-wide default layer set (every conv, no Linear layer), so densities compare
     # across strategies; the paper's (first conv, 1x1 shortcuts, classifier dense) is
     # prune_first=false, prune_1x1=false, as the dpr-trainability suite sets it

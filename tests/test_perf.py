@@ -30,5 +30,9 @@ def test_perf_quick_writes_every_field(tmp_path):
     for key in ("workers_speedup", "cached_start_s", "first_decode_s"):
         assert r[key] is None and r["skipped"][key], key
     assert set(r["targets"]) >= {"harness_vs_bare_ratio", "workers_speedup"}
+    # time per sample against dense, measured in the same process, for the rewiring strategies
+    for kind in ("gmp", "dpr", "prune-regrow"):
+        ratio = r["strategies"][kind]["per_sample_vs_dense"]
+        assert ratio["n"] == 2 and ratio["median"] > 0, kind
     assert "| harness/limit time per sample" in done.stdout  # the printed table
     assert not (tmp_path / "perf.md").exists()  # --quick leaves the published report alone

@@ -135,15 +135,25 @@ def test_readme_plugin_loads_lists_and_runs(tmp_path, capsys):
 
 def test_tensorboard_logs_each_megabatch(tmp_path, tiny_suite):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
 
     tb = tmp_path / "tb"
     assert main(["run", str(tiny_suite), "--out", str(tmp_path / "o"), "--quiet",
                  "--tensorboard", str(tb)]) == 0
-    events = list(tb.rglob("events.out.tfevents*"))
-    assert events
-    acc = EventAccumulator(str(events[0].parent))
+    # one TensorBoard run per run: <dir>/<suite>/<label>/seed<N>, tags by metric name only
+    assert {p.parent for p in tb.rglob("events.out.tfevents*")} == {tb / "tiny" / "dense" / "seed0"}
+    acc = EventAccumulator(str(tb / "tiny" / "dense" / "seed0"))
     acc.Reload()
-    scalars = acc.Scalars("tiny/dense/seed0/test_acc")
+    scalars = acc.Scalars("test_acc")
     rows = next(iter(rows_of(tmp_path / "o").values()))
     assert [s.step for s in scalars] == [1, 2, 3, 4]
     assert [s.value for s in scalars] == pytest.approx([r["test_acc"] for r in rows])
+    tags = acc.Tags()["scalars"]
+    assert any(t.startswith("layer_density/") for t in tags)
+    assert len(acc.Scalars("epoch/val_acc")) == sum(r["epochs_trained"] for r in rows)
+    start = metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["protocol.epochs"].number_value == 2
+    assert start.hparams["strategy.name"].string_value == "dense"
+    summary = json.loads(next((tmp_path / "o" / "tiny").glob("*/summary.json")).read_text())
+    assert acc.Scalars("summary/cer")[0].value == pytest.approx(summary["cer"])

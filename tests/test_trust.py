@@ -201,3 +201,55 @@ def test_config_records_provenance_and_reuse_under_another_environment_is_said(
     assert main(["run", str(tiny_suite), "--out", out, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different environment" in err and "0.0.1" in err
+
+
+class _LatePruner(SupervisedPlugin):
+    """Prunes 10 more weights in after_training_epoch, after validation (not allowed)."""
+
+    def __init__(self, maskset):
+        super().__init__()
+        self.ms = maskset
+
+    def after_training_epoch(self, strategy, **kw):
+        name = self.ms.names[0]
+        mask = self.ms.masks[name].clone().reshape(-1)
+        mask[mask.nonzero()[:10]] = False
+        self.ms.update({name: mask.reshape(self.ms.masks[name].shape)})
+
+
+def test_a_mask_change_after_validation_fails_the_run(tmp_path):
+    from alma_bench.runner import execute
+    from alma_bench.strategies.osp import OSP
+
+    if "osp-late" not in STRATEGIES:
+        @STRATEGIES.register("osp-late")
+        @dataclass(frozen=True)
+        class OspLate(OSP):
+            """OSP that prunes again after validation (tests only)."""
+
+            def plugins(self, ctx):
+                plugins = super().plugins(ctx)
+                return plugins + [_LatePruner(plugins[0].maskset)]
+
+    suite = _suite(tmp_path, [{"name": "osp-late", "params": {"pruner": "magnitude"}}],
+                   megabatches=2)
+    spec = load_suite(str(suite)).runs[0]
+    with pytest.raises(RuntimeError, match="changed in after_training_epoch"):
+        execute(spec, tmp_path / "o", "cpu")
+
+
+def test_one_epoch_of_one_step_sets_the_masks_before_the_step(tmp_path, monkeypatch):
+    """E = 1 with a single batch: the rewiring window is empty, so the megabatch's density is
+    in force during its only step and is the one reported."""
+    _register_gmp_steps()
+    _StepSpy.steps = []
+    suite = _suite(tmp_path, [{"name": "gmp-steps", "params": {"density": 0.3}}],
+                   protocol={"epochs": 1, "batch_size": 64}, megabatches=2, n_train=60)
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet",
+                 "--workers", "1"]) == 0
+    (run,) = (tmp_path / "o" / "tiny").iterdir()
+    rows = read_rows(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for row, (dens, _) in zip(rows, _StepSpy.steps, strict=True):
+        assert row["layer_density"] == {**row["layer_density"], **dens}  # trained = reported
+    assert rows[-1]["density"] == pytest.approx(0.3, abs=1e-3)

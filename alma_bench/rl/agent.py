@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import random
 import time
 from functools import partial
@@ -55,7 +56,15 @@ def make_vec_env(config: EnvConfig, n_envs: int = 1, split: str = "train",
         raise UserError(f"--envs must be >= 1, got {n_envs}")
     fns = [partial(_make_env, config.to_json(), split, train_fraction, n_envs > 1)
            for _ in range(n_envs)]
-    return VecMonitor(SubprocVecEnv(fns) if n_envs > 1 else DummyVecEnv(fns))
+    if n_envs == 1:
+        return VecMonitor(DummyVecEnv(fns))
+    # Workers fork from a forkserver that imported torch and the harness once (seconds on a
+    # busy machine, Avalanche above all), instead of every worker importing them again; no
+    # effect if this process's forkserver is already running.
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return VecMonitor(SubprocVecEnv(fns))
+    multiprocessing.set_forkserver_preload(["alma_bench.rl.env", "alma_bench.training"])
+    return VecMonitor(SubprocVecEnv(fns, start_method="forkserver"))
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ initialisation, data order, regrowth) comes from seeds derived from one episode 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Literal
@@ -47,9 +48,6 @@ from alma_bench.registry import PRUNERS, build_dataclass
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.rewire import set_layer_densities
 from alma_bench.stream import build_stream
-
-__all__ = ["EnvConfig", "IntervalStats", "SparsityScheduleEnv", "observation", "plan",
-           "project", "to_densities"]
 
 # Observation ceilings: finite bounds the values are clipped to (check_env wants them finite;
 # real values stay far below them: |w| means ~0.01-1, gradient norms ~0.001-10, losses ~0-5).
@@ -90,7 +88,13 @@ class EnvConfig:
             raise UserError(f"update_period must be >= 1, got {self.update_period}")
         if not 0 <= self.drop_fraction < 1:
             raise UserError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
-        object.__setattr__(self, "stream", {k: v for k, v in self.stream.items() if k != "seed"})
+        for name in ("stream", "model", "protocol"):
+            d = dict(getattr(self, name))
+            if name == "stream":
+                d.pop("seed", None)  # a run's split seed: which samples, not how many
+            # JSON-normal form (tuples as lists): a config read back from an agent's .json
+            # then equals the one a run derives
+            object.__setattr__(self, name, json.loads(json.dumps(d, sort_keys=True)))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,24 +238,23 @@ class SparsityScheduleEnv(gym.Env):
     """One prune-regrow run of ``config`` per episode, with the densities chosen by the agent.
 
     ``split="train"``: the agent's training data, a fixed ``train_fraction`` of the training
-    pool (each megabatch's training and validation samples restricted to it; step counts stay
-    those of the full stream, so episodes have the run's length). ``split="full"``: the whole
-    training set, as a run sees it. ``stream_seed`` fixes the stream's split (default: drawn
-    per episode from the episode seed).
+    pool (each megabatch's training samples restricted to it; its validation samples, which
+    no network trains on, are kept whole; step counts stay those of the full stream, so
+    episodes have the run's length). ``split="full"``: the whole training set, as a run sees
+    it. The stream's split, like every other draw, comes from the episode seed.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig, split: Literal["train", "full"] = "train",
-                 train_fraction: float = 0.5, stream_seed: int | None = None,
-                 device: str = "cpu"):
+                 train_fraction: float = 0.5, device: str = "cpu"):
         from alma_bench.runner import load_data  # the harness's (per-process cached) loader
 
         if split not in ("train", "full"):
             raise UserError(f"split must be train or full, got {split!r}")
         if not 0 < train_fraction <= 1:
             raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
-        self.config, self.split, self.stream_seed = config, split, stream_seed
+        self.config, self.split = config, split
         self.protocol = config.protocol_obj()
         self.device = torch.device(device)
         self.data = load_data(config.stream)
@@ -262,7 +265,11 @@ class SparsityScheduleEnv(gym.Env):
         g = torch.Generator().manual_seed(TRAIN_SPLIT_SEED)
         self.in_split = torch.zeros(n, dtype=torch.bool)
         self.in_split[torch.randperm(n, generator=g)[: max(1, round(train_fraction * n))]] = True
-        self.plan = self._plan(build_stream(self.data, self.alma_split, 0))
+        stream = build_stream(self.data, self.alma_split, 0)
+        if any(not len(mb.val) for mb in stream.megabatches):  # the reward is validation
+            raise UserError("the schedule environment needs validation samples in every "
+                            "megabatch: raise stream.val_fraction or use more data")
+        self.plan = self._plan(stream)
         model, ms = self._network(0)
         self.names = ms.names
         self.sizes = {n_: m.numel() for n_, m in ms.masks.items()}
@@ -294,17 +301,17 @@ class SparsityScheduleEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.seeds = Seeds.derive(int(self.np_random.integers(0, 2**31 - 1)), self.stream_seed)
+        self.seeds = Seeds.derive(int(self.np_random.integers(0, 2**31 - 1)))
         self.stream = build_stream(self.data, self.alma_split, self.seeds.stream)
         # T follows the stream's sizes, which depend on the seed only under replay=fraction
         self.plan = self._plan(self.stream)
-        if self.split == "train":
+        if self.split == "train":  # the agent's networks train on its share of the pool
             keep = self.in_split.numpy()
             for mb in self.stream.megabatches:
-                mb.train, mb.val = mb.train[keep[mb.train]], mb.val[keep[mb.val]]
-                if not len(mb.train) or not len(mb.val):
-                    raise UserError("train_fraction leaves a megabatch without training or "
-                                    "validation samples; raise it or use more data")
+                mb.train = mb.train[keep[mb.train]]
+                if not len(mb.train):
+                    raise UserError("train_fraction leaves a megabatch without training "
+                                    "samples; raise it or use more data")
         self.model, self.maskset = self._network(self.seeds.init)
         self.optimizer, self.loader, self.t = None, None, -1
         self.stats = IntervalStats(len(self.names))
@@ -317,12 +324,13 @@ class SparsityScheduleEnv(gym.Env):
 
     @torch.no_grad()
     def _val_acc(self, t: int) -> float:
+        """Validation accuracy of megabatch t, eval mode (as ``RunContext.accuracy``)."""
         x, y = self.stream.val_set(t)
+        bs, correct = self.protocol.eval_batch_size, 0
         self.model.eval()
-        correct = 0
-        for i in range(0, len(y), self.protocol.eval_batch_size):
-            out = self.model(self.normalize(x[i: i + self.protocol.eval_batch_size]))
-            correct += int((out.argmax(1).cpu() == y[i: i + self.protocol.eval_batch_size]).sum())
+        for i in range(0, len(y), bs):
+            out = self.model(self.normalize(x[i: i + bs]))
+            correct += int((out.argmax(1).cpu() == y[i: i + bs]).sum())
         self.model.train()
         return correct / len(y)
 

@@ -59,7 +59,9 @@ class RewiringTraining(MaskedTraining):
     def before_training_exp(self, strategy, **kw):
         self.exp_step = 0
         epochs, per_epoch = int(strategy.train_epochs), len(strategy.dataloader)
-        self.window = max(1, per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2)
+        # with one step per epoch and E = 1 the window is empty: the megabatch's masks are
+        # set before its first step (progress 1.0), never after its only step
+        self.window = per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2
 
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
@@ -75,8 +77,9 @@ class RewiringTraining(MaskedTraining):
         return self.exp_step < self.window
 
     def window_progress(self) -> float:
-        """Fraction of the rewiring window done in this megabatch, in [0, 1]."""
-        return min(1.0, self.exp_step / self.window)
+        """Fraction of the rewiring window done in this megabatch, in [0, 1] (1.0 for an
+        empty window)."""
+        return min(1.0, self.exp_step / self.window) if self.window else 1.0
 
     def masks_final(self, strategy=None) -> bool:
         """Read by early stopping: a megabatch never ends while its masks may still change."""
