@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch threads per run (default 1). Part of each run's identity: CPU "
                         "kernels split their sums by thread count, so numbers differ with it")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
-    r.add_argument("--tensorboard", metavar="DIR", help="write per-megabatch TensorBoard scalars")
+    r.add_argument("--tensorboard", metavar="DIR", help="TensorBoard logs, one directory per run (DIR/suite/label/seedN)")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and stop")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -236,8 +236,12 @@ def cmd_run(args) -> int:
         print(f"all {len(suite.runs)} runs of suite '{suite.name}' were already done "
               f"(results in {out / suite.results_name})")
     else:
-        if done:
-            print(f"{done} of {len(suite.runs)} runs already done; running {len(todo)}")
+        # failed runs still go to the executor: it skips them (under their lock) and says so
+        failed = 0 if args.retry_failed else sum(states[s.run_id] == "failed" for s in todo)
+        if done or failed:
+            print(f"{done} of {len(suite.runs)} runs already done"
+                  + (f", {failed} failed before (skipped)" if failed else "")
+                  + f"; running {len(todo) - failed}")
         results = _execute(todo, args, out)
         bad = [(s, o) for s, o in results if o.state != "done"]
     finished = {s.run_id for s in suite.runs} - {s.run_id for s, _ in bad}

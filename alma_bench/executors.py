@@ -11,6 +11,7 @@ that raises or diverges is recorded as failed in its folder and the others go on
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -59,15 +60,26 @@ class Job:
     started: float = field(default_factory=time.time)
 
 
+_in_run = False  # a worker is inside a run (its SIGTERM must unwind, not vanish)
+
+
 def _worker_init(plugins, pool: bool = True):
     import signal
 
     from alma_bench.registry import load_modules
 
-    if pool:  # Ctrl-C is the parent's to handle: it stops pool workers with SIGTERM, which
-        # a worker defers until its megabatch's files are written (store.signals_deferred)
+    if pool:  # Ctrl-C is the parent's to handle: it stops pool workers with SIGTERM
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     load_modules(list(plugins))
+
+
+def _on_sigterm(signum, frame):
+    # Inside a run: unwind like Ctrl-C, so the lock is released and no temporary file is left
+    # (a megabatch's files are finished first: store.signals_deferred). Idle: just exit.
+    if _in_run:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
 
 
 def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
@@ -75,12 +87,16 @@ def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
     UserError comes back as an ``error`` outcome: it stops the whole invocation)."""
     from alma_bench.store import RunDir
 
+    global _in_run
     notes: list[str] = []
     rd = RunDir(job.out, spec.results_name, spec.run_id)
+    _in_run = True
     try:
         outcome = _locked(spec, job, rd, progress, note or notes.append)
     except UserError as e:
         outcome = Outcome("error", error=str(e), exc=e)
+    finally:
+        _in_run = False
     outcome.notes = notes
     return outcome
 
@@ -128,11 +144,13 @@ def _died(spec: RunSpec, job: Job, why: str) -> Outcome:
 
     rd = RunDir(job.out, spec.results_name, spec.run_id)
     lock = RunLock(rd.lock)
-    if lock.try_acquire() is None:  # the dead worker's lock is stale: taken over
-        try:
-            rd.record_failure(why, why + "\n")
-        finally:
-            lock.release()
+    owner = lock.try_acquire()  # the dead worker's lock is stale: taken over
+    if owner is not None:  # another process holds it (it may have the run by now)
+        return Outcome("failed", error=f"{why}; its lock is now held by {owner}")
+    try:
+        rd.record_failure(why, why + "\n")
+    finally:
+        lock.release()
     return Outcome("failed", error=why, log=str(rd.error_log))
 
 
@@ -298,8 +316,9 @@ def _pool(workers: int, job: Job) -> ProcessPoolExecutor:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop at once (Ctrl-C, a UserError): SIGTERM every worker, which finishes writing the
-    files of its megabatch first (store.signals_deferred); runs resume from there."""
+    """Stop at once (Ctrl-C, a UserError): SIGTERM every worker; a worker in a run finishes
+    writing its megabatch's files (store.signals_deferred), releases the run's lock and
+    exits. Runs resume from there."""
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         with contextlib.suppress(Exception):
             proc.terminate()

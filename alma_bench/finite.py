@@ -8,7 +8,8 @@ validation restore would otherwise hide a diverged epoch behind an earlier finit
 from __future__ import annotations
 
 import torch
-from avalanche.core import SupervisedPlugin
+
+from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 
 
 class NonFiniteError(RuntimeError):

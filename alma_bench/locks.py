@@ -3,8 +3,9 @@ run once (the others wait for it and reuse its result, or skip it).
 
 The lock is a file created with O_CREAT|O_EXCL (atomic on local file systems and NFSv3+) that
 holds its owner's host, pid and the pid's start time. A lock is stale when its owner is gone:
-on this host, the pid is dead or belongs to a newer process (pid reuse); on any host, the owner
-stopped refreshing the file (a heartbeat thread touches it every HEARTBEAT s) for STALE_AFTER s.
+on this host, the pid is dead or belongs to a newer process (pid reuse); on another host, the
+owner stopped refreshing the file (a heartbeat thread touches it every HEARTBEAT s) for
+STALE_AFTER s.
 A stale lock is taken over under an flock of the run folder, after re-reading its owner, so
 two processes never both take over the same lock.
 """
@@ -39,21 +40,36 @@ class Owner:
         return f"pid {self.pid} on {self.host}"
 
 
-def _start_time(pid: int) -> str | None:
-    try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (Linux), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
-def _alive(owner: Owner) -> bool:
+def _start_time(pid: int) -> str | None:
+    stat = _stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None  # field 22: start time
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether ``pid`` runs on this host (a zombie does not; with ``start``, only the process
+    that started then does, not a later one that reuses the pid)."""
     try:
-        os.kill(owner.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
         pass
-    return owner.start is None or _start_time(owner.pid) in (None, owner.start)
+    stat = _stat(pid)
+    if stat and stat[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return False
+    return start is None or stat is None or len(stat) <= 19 or stat[19] == start
+
+
+def _alive(owner: Owner) -> bool:
+    return pid_alive(owner.pid, owner.start)
 
 
 def me() -> Owner:
@@ -82,8 +98,8 @@ def is_stale(owner: Owner, path: Path) -> bool:
     age = _age(path)
     if owner.pid == 0:
         return age > WRITING_GRACE
-    if owner.host == HOST and not _alive(owner):
-        return True
+    if owner.host == HOST:  # known for sure here: a stopped (Ctrl-Z) owner still owns it
+        return not _alive(owner)
     return age > STALE_AFTER
 
 

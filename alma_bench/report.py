@@ -18,7 +18,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,7 @@ from matplotlib.ticker import (
 from alma_bench import compare
 from alma_bench.errors import UserError, unknown
 from alma_bench.groups import (
+    ABSENT,
     base_label,
     differing,
     display_key,
@@ -69,12 +70,14 @@ _TABLE = (
 
 
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                command: str | None = None, formats: str | Sequence[str] = "png") -> Path:
+                command: str | None = None, formats: str | Sequence[str] = "png",
+                on_figure: Callable[[str, Figure], None] | None = None) -> Path:
     """Write figures, ``summary.csv`` and ``README.md`` for ``results_dir``; return the out dir.
 
     ``out_dir`` defaults to ``<results_dir>/report``; ``command`` is recorded in the README as
     the command that made the report. ``formats``: the figures' file formats, ``"png,pdf"``
     or a list, from FORMATS; the README embeds the PNG when there is one, else the first.
+    ``on_figure(file stem, Figure)`` sees each figure as it is written (tests, notebooks).
     """
     formats = parse_formats(formats)  # before any work: a bad format is a one-line error
     results = load(results_dir)
@@ -91,7 +94,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
     with _theme():
         for suite in suites:
             prefix = f"{_slug(suite)}_" if len(suites) > 1 else ""
-            figures = _figures(results, suite, out, prefix, look, formats)
+            figures = _figures(results, suite, out, prefix, look, formats, on_figure)
             sections.append(_section(results, table, suite, figures))
     (out / "README.md").write_text(_head(command, suites) + "\n".join(sections))
     return out
@@ -143,11 +146,15 @@ def figures(results: Results, suite: str, look: dict | None = None) -> list[tupl
 
 
 def _figures(res: Results, suite: str, out: Path, prefix: str, look: dict,
-             formats: tuple[str, ...] = ("png",)) -> list[tuple]:
+             formats: tuple[str, ...] = ("png",), on_figure=None) -> list[tuple]:
     """Draw and write the figures of one suite; return (title, file name) pairs for the
     README."""
-    return [(title, _save(fig, out / f"{prefix}{stem}", formats))
-            for stem, title, fig in figures(res, suite, look)]
+    written = []
+    for stem, title, fig in figures(res, suite, look):
+        if on_figure is not None:
+            on_figure(prefix + stem, fig)
+        written.append((title, _save(fig, out / f"{prefix}{stem}", formats)))
+    return written
 
 
 @contextlib.contextmanager
@@ -162,7 +169,7 @@ def _look(runs: pd.DataFrame) -> dict:
     same in every figure and suite.
 
     A curve (a strategy over its swept densities, ``_curve_names``) has one colour; each of
-    its groups a shade of it, lighter to darker in run order, so ``osp-snip[density=0.1]`` in
+    its groups a shade of it, sparser lighter, so ``osp-snip[density=0.1]`` in
     the anytime curves is visibly the ``osp-snip`` of the trade-off figure. Markers and dashes
     differ per group label, so lines that coincide (two dense baselines at density 1, two
     pruners at one schedule) stay distinguishable without colour.
@@ -170,12 +177,16 @@ def _look(runs: pd.DataFrame) -> dict:
     curves = _curve_names(runs) if len(runs) else pd.Series(dtype=str)
     groups = list(dict.fromkeys(runs["label"].dropna().astype(str)))
     names = list(dict.fromkeys(curves.astype(str)))
-    base = dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl",
-                                             len(names)), strict=True))
+    base = dict(zip(names, _colours(len(names)), strict=True))
     palette = dict(base)
     of_curve = dict(zip(runs["label"].astype(str), curves.astype(str), strict=True))
+    # shades from light to dark with the final density, where known: sparser is lighter
+    density = (pd.to_numeric(runs["final_density"], errors="coerce")
+               .groupby(runs["label"].astype(str)).mean().dropna().to_dict()
+               if "final_density" in runs.columns else {})
     for name in names:
-        members = [g for g in groups if of_curve.get(g) == name]
+        members = sorted((g for g in groups if of_curve.get(g) == name),
+                         key=lambda g: (g not in density, density.get(g, 0.0)))
         if len(members) > 1:  # shades only where a curve has several groups
             colour = base[name]
             shades = sns.blend_palette([_mix(colour, (1, 1, 1), 0.5), colour,
@@ -187,6 +198,14 @@ def _look(runs: pd.DataFrame) -> dict:
     return {"palette": palette,
             "markers": {lb: _MARKERS[i % len(_MARKERS)] for i, lb in enumerate(every)},
             "dashes": {lb: _DASHES[i % len(_DASHES)] for i, lb in enumerate(every)}}
+
+
+def _colours(n: int) -> list:
+    """``n`` distinct qualitative colours: tab10, then Dark2 (husl's evenly spaced hues are
+    too alike beyond 10, e.g. two pinks for dense and imp-q in quickstart), husl past 18."""
+    if n > 18:
+        return sns.color_palette("husl", n)
+    return (sns.color_palette("tab10") + sns.color_palette("Dark2"))[:n]
 
 
 def _mix(colour, towards, amount: float) -> tuple:
@@ -206,14 +225,13 @@ def _curve_names(runs: pd.DataFrame) -> pd.Series:
     rest = runs["config"].map(lambda c: {k: v for k, v in json.loads(c).items()
                                          if k not in _SWEPT} if isinstance(c, str) else {})
     names = base.copy()
-    for _, idx in base.groupby(base, sort=False).groups.items():
-        keys = list(rest.loc[idx])
-        diff = differing(keys)
-        for i in idx:
-            if diff:
-                suffix = ", ".join(f"{display_key(k)}={show(rest[i].get(k, '-'))}"
-                                   for k in diff)
-                names[i] = f"{base[i]} [{suffix}]"
+    # per suite, as groups are: one entry in two suites is two figures, not two curves
+    suite = runs["suite"].astype(str) if "suite" in runs.columns else base.map(lambda _: "")
+    for _, idx in base.groupby([suite, base], sort=False).groups.items():
+        diff = differing(list(rest.loc[idx]))
+        for i in idx if diff else ():
+            suffix = ", ".join(f"{display_key(k)}={show(rest[i].get(k, ABSENT))}" for k in diff)
+            names[i] = f"{base[i]} [{suffix}]"
     return names
 
 
@@ -240,7 +258,7 @@ def _curve(metrics: pd.DataFrame, y: str, ylabel: str, scale: float, title: str,
     # shifted, so lines that coincide still show every marker shape.
     every = max(1, len(steps) // 10)
     span = _span(stats["mean"], stats["mean"])
-    same = _coinciding(stats, order, 0.01 * (span[1] - span[0]))
+    same = _coinciding(stats, order, 0.002 * (span[1] - span[0]))
     for i, label in enumerate(order):
         s = stats[stats["label"] == label]
         kw = _line_style(look, label, i, len(order), every)
@@ -249,7 +267,7 @@ def _curve(metrics: pd.DataFrame, y: str, ylabel: str, scale: float, title: str,
             name += f"  (≈ {same[label]})"
         ax.plot(s["megabatch"], s["mean"], label=name, **kw)
         ax.fill_between(s["megabatch"], s["mean"] - s["std"], s["mean"] + s["std"],
-                        color=kw["color"], alpha=0.14, lw=0)
+                        color=kw["color"], alpha=_band_alpha(len(order)), lw=0)
     if zero_line:
         ax.axhline(0, color="0.3", lw=1, ls="--")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -286,7 +304,7 @@ def _zoom(ax, zax, stats: pd.DataFrame, order: list[str], window: list, look: di
         else:
             zax.plot(s["megabatch"], s["mean"], **kw)
             zax.fill_between(s["megabatch"], s["mean"] - s["std"], s["mean"] + s["std"],
-                             color=kw["color"], alpha=0.14, lw=0)
+                             color=kw["color"], alpha=_band_alpha(len(order)), lw=0)
     pad = 0.5 if bars else 0
     zax.set_xlim(window[0] - pad, window[-1] + pad)
     zax.set_ylim(low, high)
@@ -297,10 +315,15 @@ def _zoom(ax, zax, stats: pd.DataFrame, order: list[str], window: list, look: di
     ax.axvspan(window[0] - pad, window[-1] + pad, color="0.5", alpha=0.08, lw=0, zorder=0)
 
 
+def _band_alpha(n: int) -> float:
+    # many overlapping bands add up to an opaque smear: fainter bands the more lines there are
+    return max(0.06, 0.18 - 0.01 * n)
+
+
 def _coinciding(stats: pd.DataFrame, order: list[str], tol: float) -> dict[str, str]:
-    """Label -> the earlier label whose mean line it covers (within ``tol`` at every
-    megabatch, e.g. scratch on dense in the density figure): markers and dashes alone do not
-    show a line hidden under another, so the legend names it."""
+    """Label -> the earlier label whose mean line it covers (within ``tol``, a fraction of a
+    line's width, at every megabatch; e.g. scratch on dense in the density figure): markers
+    and dashes alone do not show a line hidden under another, so the legend names it."""
     series = {lb: stats[stats["label"] == lb].set_index("megabatch")["mean"] for lb in order}
     same = {}
     for i, label in enumerate(order):
@@ -428,11 +451,16 @@ def _tradeoff(runs: pd.DataFrame, title: str, look: dict) -> Figure:
             ax.errorbar(xs, c["acc"], yerr=c["acc_sd"],
                         xerr=None if x_sd is None else c[x_sd], capsize=3, elinewidth=1.1,
                         label=curve, **{**kw, "ms": 8})
-        fx, fy = _pareto(pts[x], pts["acc"])
-        ax.step(fx, fy, where="post", color="black", ls=(0, (4, 2)), lw=1.3, zorder=1,
-                label="Pareto front (best mean accuracy\nat this cost or less)")
+        if len(pts) > 1:  # one point is no trade-off
+            fx, fy = _pareto(pts[x], pts["acc"])
+            ax.step(fx, fy, where="post", color="black", ls=(0, (4, 2)), lw=1.3, zorder=1,
+                    label="Pareto front (best mean accuracy\nat this cost or less)")
         if log:  # sweeps over 0.05-1 densities: even spacing of the swept values
             ax.set_xscale("log")
+        elif x == "dens":  # a density axis ends at 100%, and one point gets a sensible range
+            low = pts[x].min()
+            left = max(0.0, low - 0.08 * (100 - low)) if low < 100 else 0.0
+            ax.set_xlim(left, 100 + 0.04 * (100 - left))
         ax.set(xlabel=xlabel + (", log scale" if log else ""), ylabel="")
     axes[0].set_ylabel("final test accuracy (%)")
     if axes[0].get_xscale() == "log":  # 1-2-5 ticks read as densities; 10^1 does not
@@ -453,12 +481,12 @@ def _tradeoff(runs: pd.DataFrame, title: str, look: dict) -> Figure:
 
 
 def _dodge(x: pd.Series, i: int, n: int, every: pd.Series, log: bool) -> pd.Series:
-    """``x`` shifted by a small amount per curve (±1.5% of the axis span at most): strategies
+    """``x`` shifted by a small amount per curve (±2% of the axis span at most): strategies
     at one density (dense and scratch at 100%, OSP and APP at each swept density) would
     otherwise hide each other's error bars."""
     if n < 2:
         return x
-    step = 0.03 / (n - 1) * (i - (n - 1) / 2)
+    step = 0.04 / (n - 1) * (i - (n - 1) / 2)
     if log:
         return x * 10 ** (step * math.log10(every.max() / every.min()))
     span = every.max() - every.min() or abs(every.max()) or 1.0
@@ -487,7 +515,10 @@ def _heatmap(layers: pd.DataFrame, title: str) -> Figure:
     fig = Figure(figsize=(WIDTH, max(3.0, 1.6 + 0.38 * len(grid))))
     ax = fig.subplots()
     # At most ~15 megabatch labels, upright: 30 rotated labels are hard to read at 800 px.
-    sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=grid.size <= 160, fmt=".2f",
+    # Numbers in the cells only while they fit (~16 columns at 800 px); the colour bar reads
+    # the rest.
+    annot = grid.size <= 160 and grid.shape[1] <= 16
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=annot, fmt=".2f",
                 cbar_kws={"label": "density (fraction of weights kept)"}, ax=ax,
                 xticklabels=max(1, math.ceil(grid.shape[1] / 15)))
     ax.tick_params(axis="x", labelrotation=0)

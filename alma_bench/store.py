@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from alma_bench.errors import StoreError, store_error
-from alma_bench.locks import HOST
+from alma_bench.locks import HOST, pid_alive
 
 _TMP = re.compile(r"^\..+\.tmp(\d+)(?:@(.+))?$")
 
@@ -48,12 +48,16 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}@{HOST}")
 
 
-def _stage(path: Path, data: bytes) -> Path:
-    """``data`` in a synced temporary file next to ``path``, to be renamed over it."""
+def _stage(path: Path, data: bytes | None = None, write=None) -> Path:
+    """``data`` (or what ``write(file)`` writes) in a synced temporary file next to ``path``,
+    to be renamed over it."""
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if write is None:
+                f.write(data)
+            else:
+                write(f)
             f.flush()
             os.fsync(f.fileno())
     except BaseException as e:  # disk full, Ctrl-C: the temporary file goes with the writer
@@ -63,6 +67,14 @@ def _stage(path: Path, data: bytes) -> Path:
             raise store_error(path, e) from None
         raise
     return tmp
+
+
+def _seal(status: dict) -> dict:
+    """``status`` with the sha256 of its other fields: a damaged status file is noticed even
+    when it is still valid JSON."""
+    body = {k: v for k, v in status.items() if k != "status_sha256"}
+    blob = json.dumps(body, sort_keys=True, default=str).encode()
+    return {**body, "status_sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def _replace(src: Path, dst: Path) -> None:
@@ -135,11 +147,10 @@ def read_rows(path: Path) -> list[dict]:
         return []
 
 
-def save_checkpoint(path: Path, state: dict) -> str:
-    """``torch.save`` made atomic; returns the file's sha256."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return write_bytes(path, buf.getvalue())
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` made atomic (streamed: a data cache may be large)."""
+    path = Path(path)
+    _replace(_stage(path, write=lambda f: torch.save(state, f)), path)
 
 
 def load_checkpoint(path: Path) -> dict | None:
@@ -178,22 +189,12 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
     removed = []
     for p in [*Path(folder).glob(".*.tmp*"), *Path(folder).glob("artifacts/.*.tmp*")]:
         m = _TMP.match(p.name)
-        if not m or (m.group(2) or HOST) != HOST or _pid_alive(int(m.group(1))):
+        if not m or (m.group(2) or HOST) != HOST or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             p.unlink()
             removed.append(p)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 @contextlib.contextmanager
@@ -240,7 +241,12 @@ class RunDir:
             return None, f"status.json is unreadable ({type(e).__name__})"
         if not isinstance(status, dict) or "state" not in status:
             return None, "status.json is not a status"
+        if "status_sha256" in status and _seal(status)["status_sha256"] != status["status_sha256"]:
+            return None, "status.json is damaged (checksum mismatch)"
         return status, None
+
+    def write_status(self, status: dict) -> None:
+        write_json(self.status, _seal(status))
 
     def inspect(self) -> tuple[str, list[str]]:
         """(state, problems): state is new, running, failed, done, or damaged (a status that
@@ -319,7 +325,7 @@ class RunDir:
             _replace(tmp, self.checkpoint)
             prev, self._sha = self._sha, hashlib.sha256(data).hexdigest()
             metrics_sha = write_rows(self.metrics, rows)
-            write_json(self.status, {
+            self.write_status({
                 "state": "running", "megabatches_done": len(rows), "n_megabatches": n_megabatches,
                 "checkpoint_sha256": self._sha, "previous_sha256": prev,
                 "metrics_sha256": metrics_sha, "updated": time.time()})
@@ -329,7 +335,7 @@ class RunDir:
         with signals_deferred():
             metrics_sha = write_rows(self.metrics, rows)
             write_json(self.summary, summary)
-            write_json(self.status, {
+            self.write_status({
                 "state": "done", "megabatches_done": len(rows), "n_megabatches": n_megabatches,
                 "checkpoint_sha256": self._sha or sha256_file(self.checkpoint),
                 "metrics_sha256": metrics_sha, "updated": time.time()})
@@ -341,7 +347,7 @@ class RunDir:
         old, _ = self.read_status()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.error_log, trace)
-        write_json(self.status, {**(old or {}), "state": "failed", "error": error,
+        self.write_status({**(old or {}), "state": "failed", "error": error,
                                  "log": self.error_log.name, "failed_at": time.time()})
 
     def reset(self) -> None:

@@ -39,6 +39,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
+from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, STRATEGIES
 from alma_bench.sparsity import check_density, prune
@@ -141,8 +144,11 @@ class IMPPlugin(MaskedTraining):
 
     def prune(self, level: int, model, optimizer) -> None:
         """Global (or per-layer) magnitude pruning of the surviving weights to level's density."""
-        pruner = PRUNERS.create("magnitude", scope=self.p.scope)
-        prune(model, self.maskset, pruner, self.densities[level], optimizer=optimizer)
+        # pruner=random is the lottery papers' control: random pruning to the same densities
+        pruner = PRUNERS.create(getattr(self.p, "pruner", "magnitude"), scope=self.p.scope)
+        g = torch.Generator().manual_seed(derive(self.ctx.seeds.strategy, "imp-random", level))
+        prune(model, self.maskset, pruner, self.densities[level], generator=g,
+              optimizer=optimizer)
 
     def metrics(self) -> dict:
         level = self.level()
@@ -207,9 +213,12 @@ class IMP(Lottery):
     """Iterative magnitude pruning with rewinding: before each megabatch, prune and rewind."""
 
     scope: Literal["global", "layer"] = "global"  # open_lth's sparse_global
+    pruner: Literal["magnitude", "random"] = "magnitude"  # random: the control
 
     def __post_init__(self):
         super().__post_init__()
+        if self.pruner not in ("magnitude", "random"):
+            raise ValueError(f"pruner must be magnitude or random, got {self.pruner!r}")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"scope must be global or layer, got {self.scope!r}")
 

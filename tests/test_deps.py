@@ -120,3 +120,24 @@ def test_dpr_trainability_smoke_pairs_each_stream_with_its_own_dpr_run(tmp_path)
             runs[f"dpr-0.1[stream.megabatches={n}]"]
         assert ticket["deps"] == {"structure_from": source["run_id"]}
         assert ticket["stream"]["megabatches"] == source["stream"]["megabatches"] == n
+
+
+def test_lottery_smoke_runs_with_the_reinitialised_ticket_from_imp(tmp_path):
+    out = tmp_path / "o"
+    assert main(["run", "lottery", "--scale", "smoke", "--out", str(out), "--quiet",
+                 "--workers", "1"]) == 0
+    runs = {}
+    for d in (out / "lottery-smoke").iterdir():
+        cfg = json.loads((d / "config.json").read_text())
+        runs[cfg["label"]] = (cfg, d)
+    assert set(runs) == {"dense", "imp", "imp-q", "random-pruning", "reinit-ticket"}
+    ticket, imp = runs["reinit-ticket"], runs["imp"]
+    assert ticket[0]["deps"] == {"structure_from": imp[0]["run_id"]}
+    final = torch.load(imp[1] / "artifacts" / "final_masks.pt")
+    model = torch.load(ticket[1] / "checkpoint.pt", weights_only=False)["model"]
+    for name, mask in final.items():
+        assert torch.equal(model[f"{name}.weight_mask"], mask)
+    rows = {lb: read_rows(d / "metrics.jsonl") for lb, (_, d) in runs.items()}
+    # random pruning follows IMP's densities exactly, with another mask
+    assert [r["density"] for r in rows["random-pruning"]] == [r["density"] for r in rows["imp"]]
+    assert rows["imp"][-1]["density"] == pytest.approx(0.8 ** 2, abs=1e-3)
