@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch threads per run (default 1). Part of each run's identity: CPU "
                         "kernels split their sums by thread count, so numbers differ with it")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
-    r.add_argument("--tensorboard", metavar="DIR", help="TensorBoard logs, one directory per run (DIR/suite/label/seedN)")
+    r.add_argument("--tensorboard", metavar="DIR",
+                   help="TensorBoard logs, one directory per run (DIR/suite/label/seedN)")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and stop")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
