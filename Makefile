@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint reports perf clean report-quickstart \
+.PHONY: run test test-slow lint reports perf clean report-quickstart \
 	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules
 
 $(STAMP): pyproject.toml
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/alma-bench run quickstart
 
+# the default run (under 10 minutes on 2 cores); test-slow adds the longer ones (Ray, pools)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
