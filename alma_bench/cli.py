@@ -314,6 +314,18 @@ def _execute(todo, args, out):
         runs_bar.update(1)
         runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: {outcome.state}")
 
+    def on_progress(running):
+        # the pool's runs, each with its megabatch, read from the status files the workers
+        # write after every megabatch (no channel between processes needed)
+        from alma_bench.store import RunDir, read_json
+
+        parts = []
+        for spec in running:
+            st = read_json(RunDir(out, spec.results_name, spec.run_id).status) or {}
+            n = st.get("n_megabatches") or "?"
+            parts.append(f"{spec.label} s{spec.seed} mb {st.get('megabatches_done', 0)}/{n}")
+        runs_bar.set_postfix_str(" | ".join(parts), refresh=True)
+
     def say(line):  # a line between progress bars, not through them
         tqdm.write(f"alma-bench: {line}", file=sys.stderr)
 
@@ -333,7 +345,7 @@ def _execute(todo, args, out):
         if args.executor == "ray":
             return run_ray(todo, job, args.ray_address, **hooks)
         if (workers := _workers(args.workers, len(todo), args.threads)) > 1:
-            return run_pool(todo, job, workers, **hooks)
+            return run_pool(todo, job, workers, on_progress=on_progress, **hooks)
         return run_serial(todo, job, on_megabatch=on_megabatch, **hooks)
     finally:
         if mb_bar is not None:

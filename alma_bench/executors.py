@@ -246,6 +246,9 @@ class _Schedule:
         return [(s, self.outcomes[s.run_id]) for s in self.specs if s.run_id in self.outcomes]
 
 
+PROGRESS_EVERY = 2.0  # seconds between progress updates of the pool's running runs
+
+
 def run_serial(specs, job: Job, on_done=None, on_megabatch=None, on_failed=None, say=None):
     """Runs one after another in this process (dependencies first; progress per megabatch).
     Returns (spec, Outcome) pairs in the order of ``specs``."""
@@ -259,11 +262,13 @@ def run_serial(specs, job: Job, on_done=None, on_megabatch=None, on_failed=None,
     return sched.results()
 
 
-def run_pool(specs, job: Job, workers: int, on_done=None, on_failed=None, say=None):
+def run_pool(specs, job: Job, workers: int, on_done=None, on_failed=None, say=None,
+             on_progress=None):
     """Runs in ``workers`` processes (the spawn context keeps CUDA and OpenMP state out of
     children). A run is submitted once the runs it depends on have finished. When a worker
     dies (killed, out of memory) the pool breaks and every run in it stops; those runs are
-    retried one at a time, so only a run that kills its worker alone is marked failed."""
+    retried one at a time, so only a run that kills its worker alone is marked failed.
+    ``on_progress(specs)`` is called every few seconds with the runs in flight."""
     sched = _Schedule(specs, job, on_done, on_failed, say)
     pool = _pool(workers, job)
     futures: dict = {}
@@ -280,8 +285,11 @@ def run_pool(specs, job: Job, workers: int, on_done=None, on_failed=None, say=No
             if not futures:
                 sched.idle()
                 continue
-            done, _ = wait(futures, timeout=POLL if sched.busy else None,
-                           return_when=FIRST_COMPLETED)
+            timeout = POLL if sched.busy else None
+            if on_progress is not None:  # the runs in flight, every couple of seconds
+                on_progress(list(futures.values()))
+                timeout = min(timeout or PROGRESS_EVERY, PROGRESS_EVERY)
+            done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
             crashed = []
             for f in done:
                 s = futures.pop(f)

@@ -152,3 +152,11 @@ def test_same_run_under_two_labels_is_an_error(capsys, tmp_path):
         {"name": "app"}, {"name": "app", "label": "app-snip", "params": {"pruner": "snip"}}])
     code, _, err = run_cli(capsys, "run", str(suite), "--dry-run")
     assert code == 2 and "strategies 'app' and 'app-snip' are the same run" in err
+
+
+def test_pool_shows_the_megabatch_of_each_running_run(tmp_path, tiny_suite, capsys):
+    # no --quiet: the runs bar names each run in flight with its megabatch
+    assert main(["run", str(tiny_suite), "--seeds", "0,1", "--workers", "2",
+                 "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"dense s0 mb \d/", err) and re.search(r"dense s1 mb \d/", err), err[-500:]
