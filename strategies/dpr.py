@@ -24,7 +24,7 @@ import torch
 from alma_bench.config import derive
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import check_density
-from alma_bench.sparsity.plugin import RewiringTraining, strategy_masks
+from alma_bench.sparsity.plugin import RewiringTraining, planned_offsets, strategy_masks
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -56,27 +56,23 @@ def random_structure(ctx, maskset, density: float) -> dict:
 
 class DPRPlugin(RewiringTraining):
     def __init__(self, ctx, maskset, params: DPR):
-        super().__init__(maskset)
+        super().__init__(maskset, planned_offsets(ctx))
         self.ctx, self.p = ctx, params
-        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
-        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
         self.threshold = params.threshold  # H
         self.since = 0  # window steps since the last reallocation, across megabatches
-        self.t = self.reallocated = self.rewires = 0
+        self.reallocated = self.rewires = 0
 
     def position(self) -> float:
         """Fraction of the stream's planned steps done (steps taken in this megabatch)."""
-        # megabatch t's planned span run over its rewiring window, as gmp and prune-regrow do,
-        # so every fraction of the stream is reached (stop=0.85 stops at 85% of the plan)
-        span = self.offsets[self.t + 1] - self.offsets[self.t]
-        return (self.offsets[self.t] + span * self.window_progress()) / max(1, self.offsets[-1])
+        # the clock gmp and prune-regrow use, so every fraction of the stream is reached
+        # (stop=0.85 stops at 85% of the plan)
+        return self.planned_step() / max(1, self.offsets[-1])
 
     def period(self, position: float) -> int:
         return [p for start, p in self.p.rewire_schedule if start <= position][-1]
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
-        self.t = strategy.experience.current_experience
         self.reallocated = self.rewires = 0
         if self.t == 0:
             # the initialisation static retraining can rewind to (experiment c); a resumed

@@ -18,26 +18,22 @@ from typing import ClassVar, Literal
 
 from alma_bench.registry import SCHEDULES, STRATEGIES
 from alma_bench.sparsity import app_densities, check_density, progress
-from alma_bench.sparsity.plugin import RewiringTraining, prune_now, strategy_masks
+from alma_bench.sparsity.plugin import (
+    RewiringTraining,
+    planned_offsets,
+    prune_now,
+    strategy_masks,
+)
 
 APP_FINAL = app_densities(8)[-1]  # 0.8 ** 4.5: the final density of APP and OSP
 
 
 class GradualPlugin(RewiringTraining):
     def __init__(self, ctx, maskset, params: GMP):
-        super().__init__(maskset)
+        super().__init__(maskset, planned_offsets(ctx))
         self.ctx, self.p = ctx, params
-        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
-        # planned step at which megabatch t starts (the last entry: the stream's total)
-        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
         self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
         self.schedule = SCHEDULES.create(params.schedule)
-        self.t = 0
-
-    def planned_step(self) -> float:
-        """Position on the stream's schedule: megabatch t's planned span, run over its window."""
-        span = self.offsets[self.t + 1] - self.offsets[self.t]
-        return self.offsets[self.t] + span * self.window_progress()
 
     def target(self, step: float) -> float:
         return self.schedule.density(progress(step, self.s0, self.s1), self.p.initial_density,
@@ -45,7 +41,6 @@ class GradualPlugin(RewiringTraining):
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
-        self.t = strategy.experience.current_experience
         s = self.planned_step()
         if s >= self.s0:  # on schedule from the first step: d_i itself is applied at s0
             self._shrink_to(self.target(s), strategy)

@@ -26,7 +26,7 @@ from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
 from alma_bench.sparsity import check_density, progress
-from alma_bench.sparsity.plugin import RewiringTraining, strategy_masks
+from alma_bench.sparsity.plugin import RewiringTraining, planned_offsets, strategy_masks
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -39,20 +39,16 @@ from alma_bench.sparsity.rewire import (
 
 class PruneRegrowPlugin(RewiringTraining):
     def __init__(self, ctx, maskset, params: PruneRegrow):
-        super().__init__(maskset)
+        super().__init__(maskset, planned_offsets(ctx))
         self.ctx, self.p = ctx, params
-        planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
-        self.offsets = [sum(planned[:t]) for t in range(len(planned) + 1)]
         self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
         self.pruner = PRUNERS.create(params.pruner, scope="layer")
         self.schedules = layer_schedules(params.schedule, maskset.names)
-        self.t = 0
 
     def schedule_progress(self, planned_step: float | None = None) -> float:
         """Schedule progress in [0, 1]: megabatch t's planned span run over its window."""
         if planned_step is None:
-            span = self.offsets[self.t + 1] - self.offsets[self.t]
-            planned_step = self.offsets[self.t] + span * self.window_progress()
+            planned_step = self.planned_step()
         return progress(planned_step, self.s0, self.s1)
 
     def layer_targets(self, progress: float) -> dict[str, float]:
@@ -73,7 +69,6 @@ class PruneRegrowPlugin(RewiringTraining):
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
-        self.t = strategy.experience.current_experience
         if self.t == 0:
             save_artifact(self.ctx, INITIAL_STATE, initial_state(strategy.model),
                           overwrite=False)

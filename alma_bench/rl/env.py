@@ -46,6 +46,7 @@ from alma_bench.errors import UserError
 from alma_bench.models import build_model
 from alma_bench.registry import PRUNERS, build_dataclass
 from alma_bench.sparsity.masks import MaskSet
+from alma_bench.sparsity.plugin import rewiring_window
 from alma_bench.sparsity.rewire import set_layer_densities
 from alma_bench.stream import build_stream
 
@@ -134,7 +135,7 @@ def plan(train_sizes: list[int], epochs: int, batch_size: int, update_period: in
     for t, n in enumerate(train_sizes):
         per_epoch = -(-n // batch_size)
         total = epochs * per_epoch
-        window = max(1, per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2)
+        window = rewiring_window(per_epoch, epochs)  # the strategy's own window
         points = sorted({0, window, *range(update_period, window + 1, update_period)})
         out += [Interval(t, end - start, start == 0)
                 for start, end in zip(points, [*points[1:], total])]

@@ -34,6 +34,19 @@ class MaskedTraining(SupervisedPlugin):
         return {"dense_layers": list(self.maskset.dense_layers)}
 
 
+def rewiring_window(per_epoch: int, epochs: int) -> int:
+    """Optimizer steps of a megabatch's rewiring window: its first E - 1 epochs, or half of its
+    steps when E = 1 (empty with a single step: the masks are then set before that step)."""
+    return per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2
+
+
+def planned_offsets(ctx) -> list[int]:
+    """The planned optimizer step at which each megabatch starts (no early stopping); the last
+    entry is the stream's planned total. Schedules keyed to the stream use this clock."""
+    planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
+    return [sum(planned[:t]) for t in range(len(planned) + 1)]
+
+
 class RewiringTraining(MaskedTraining):
     """Base of every strategy whose masks change *inside* a megabatch (GMP, DPR, prune-regrow,
     learned schedules): it owns the harness's selection rule, so subclasses get it for free.
@@ -51,17 +64,25 @@ class RewiringTraining(MaskedTraining):
     Only the Avalanche strategy is read (its epochs and data loader), no harness object.
     """
 
-    def __init__(self, maskset: MaskSet):
+    def __init__(self, maskset: MaskSet, offsets: list[int] | None = None):
         super().__init__(maskset)
         self.exp_step = 0  # optimizer steps taken in the current megabatch
         self.window = 1  # planned steps of the current megabatch's rewiring window
+        self.t = 0  # the current megabatch (0-based)
+        # planned step at which each megabatch starts (see planned_offsets), for planned_step
+        self.offsets = offsets
 
     def before_training_exp(self, strategy, **kw):
         self.exp_step = 0
-        epochs, per_epoch = int(strategy.train_epochs), len(strategy.dataloader)
-        # with one step per epoch and E = 1 the window is empty: the megabatch's masks are
-        # set before its first step (progress 1.0), never after its only step
-        self.window = per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2
+        self.t = strategy.experience.current_experience
+        self.window = rewiring_window(len(strategy.dataloader), int(strategy.train_epochs))
+
+    def planned_step(self) -> float:
+        """Position on the stream's planned optimizer steps: megabatch t's planned span run
+        over its rewiring window, so a schedule keyed to the stream's plan reaches the density
+        due at the megabatch's planned end at the window's last step (needs ``offsets``)."""
+        span = self.offsets[self.t + 1] - self.offsets[self.t]
+        return self.offsets[self.t] + span * self.window_progress()
 
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
