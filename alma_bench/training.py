@@ -208,50 +208,50 @@ def mask_state(model) -> dict[str, torch.Tensor]:
     return {k: b.clone() for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
 
 
+def masks_differ(a: dict, b: dict) -> bool:
+    """Whether the mask entries of two mappings (``mask_state``s or whole state dicts) differ."""
+    a = {k: v for k, v in a.items() if k.endswith(MASK_SUFFIX)}
+    b = {k: v for k, v in b.items() if k.endswith(MASK_SUFFIX)}
+    return a.keys() != b.keys() or any(not torch.equal(v, b[k]) for k, v in a.items())
+
+
 def _masks_final(strategy) -> bool:
     return all(p.masks_final(strategy) for p in strategy.plugins if hasattr(p, "masks_final"))
 
 
 class SelectionGuard(SupervisedPlugin):
     """The harness's rule, checked: the reported model was trained under exactly the masks it
-    is reported with. The masks at the end of each epoch are recorded; after every hook of
-    ``after_training_exp`` has run (this plugin is last), the kept model's masks must equal
-    those its kept epoch ended with. A strategy that prunes after selection fails loudly."""
+    is reported with. No hook may change masks after an epoch's validation, and after every
+    hook of ``after_training_exp`` has run (this plugin is last), the kept model's masks must
+    equal those its kept epoch ended with (``ctx.epoch_end_masks``). A strategy that prunes
+    after selection fails loudly."""
 
     def __init__(self, ctx: RunContext):
         super().__init__()
         self.ctx = ctx
-        self.epoch_masks: list[dict] = []
-
-    def before_training_exp(self, strategy, **kw):
-        self.epoch_masks = []
 
     def after_training_epoch(self, strategy, **kw):
-        now = mask_state(strategy.model)
-        seen = self.ctx.epoch_end_masks[-1] if self.ctx.epoch_end_masks else now
-        if now.keys() != seen.keys() or any(not torch.equal(now[k], seen[k]) for k in now):
+        # ctx.epoch_end_masks[-1]: what validation saw, recorded by BestValidationPlugin
+        if masks_differ(mask_state(strategy.model), self.ctx.epoch_end_masks[-1]):
             # validation scored the epoch before this change: its score would describe a
             # model that no longer exists
             raise RuntimeError(
                 f"megabatch {self.ctx.megabatch + 1}: the masks changed in after_training_epoch "
-                f"of epoch {len(self.epoch_masks) + 1}, after validation; a strategy may change "
-                "masks before a megabatch or inside its rewiring window "
+                f"of epoch {len(self.ctx.epoch_end_masks)}, after validation; a strategy may "
+                "change masks before a megabatch or inside its rewiring window "
                 "(alma_bench.sparsity.plugin.RewiringTraining.rewire)")
-        self.epoch_masks.append(now)
 
     def after_training_exp(self, strategy, **kw):
-        if not self.epoch_masks:
+        if not self.ctx.epoch_end_masks:
             return
-        kept = self.epoch_masks[self.ctx.kept_epoch]
-        now = mask_state(strategy.model)
-        if now.keys() != kept.keys() or any(not torch.equal(now[k], kept[k]) for k in now):
+        kept = self.ctx.epoch_end_masks[self.ctx.kept_epoch]
+        if masks_differ(mask_state(strategy.model), kept):
             names = [type(p).__name__ for p in strategy.plugins]
             raise RuntimeError(
                 f"megabatch {self.ctx.megabatch + 1}: the masks changed after the kept epoch "
                 f"{self.ctx.kept_epoch + 1} was selected (plugins: {', '.join(names)}); a "
                 "strategy may change masks before a megabatch or inside its rewiring window "
                 "(alma_bench.sparsity.plugin.RewiringTraining), never after training")
-        self.epoch_masks = []
 
 
 class BestValidationPlugin(SupervisedPlugin):
@@ -283,19 +283,20 @@ class BestValidationPlugin(SupervisedPlugin):
     def after_training_epoch(self, strategy, **kw):
         t = self.ctx.megabatch
         # the masks validation sees: the guard checks no later hook of this epoch changes them
-        self.ctx.epoch_end_masks.append(mask_state(strategy.model))
+        end = mask_state(strategy.model)
+        self.ctx.epoch_end_masks.append(end)
         val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(t))
         train_acc = int(self.correct) / max(1, self.seen) if self.correct is not None else 0.0
         self.correct, self.seen = None, 0
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return
-        if self._masks_changed(strategy.model, self.start_masks):
+        if masks_differ(end, self.start_masks):
             # Trained under masks that changed during the epoch: never a kept epoch (it would
             # report a model pruned after its training), and no early stopping yet.
             self.best, self.bad, self.snapshot = -1.0, 0, None
             return
-        if self.snapshot is not None and self._masks_changed(strategy.model, self.snapshot[0]):
+        if self.snapshot is not None and masks_differ(end, self.snapshot[0]):
             # Select only among epochs with the current masks: restoring an epoch with older,
             # denser masks would report a model never trained at its density (e.g. GMP).
             self.best, self.bad, self.snapshot = -1.0, 0, None
@@ -312,15 +313,10 @@ class BestValidationPlugin(SupervisedPlugin):
                     and _masks_final(strategy)):
                 strategy.stop_training()
 
-    @staticmethod
-    def _masks_changed(model, state: dict) -> bool:
-        masks = {k: b for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
-        old = {k for k in state if k.endswith(MASK_SUFFIX)}
-        return masks.keys() != old or any(not torch.equal(b, state[k]) for k, b in masks.items())
-
     def after_training_exp(self, strategy, **kw):
         self.ctx.kept_epoch = len(self.ctx.epoch_log) - 1
-        if self.snapshot is not None and self._masks_changed(strategy.model, self.snapshot[0]):
+        if self.snapshot is not None and masks_differ(mask_state(strategy.model),
+                                                      self.snapshot[0]):
             # a strategy changed masks after the last epoch ended (it must not; the guard
             # reports it): keep the model as it is rather than restore older masks
             self.snapshot = None
