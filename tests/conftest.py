@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +52,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # decoded-data caches go to a per-session temp dir, never the user's home
     monkeypatch.setenv("ALMA_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
+
+
+def cli_process(*args) -> subprocess.Popen:
+    """``python -m alma_bench.cli ARGS`` in a subprocess (stderr piped, for its message)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "alma_bench.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def sigkill_after(proc: subprocess.Popen, suite_dir: Path, megabatches: int):
+    """SIGKILL ``proc`` once a run under ``suite_dir`` has finished ``megabatches``; returns
+    the last status read and the status files found then."""
+    status, found = None, []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(suite_dir.glob("*/status.json"))
+        if found:
+            status = json.loads(found[0].read_text())
+            if status["megabatches_done"] >= megabatches:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return status, found

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, write_suite
+from conftest import ROOT, TINY, cli_process, sigkill_after, write_suite
 
 from alma_bench.cli import main
 from alma_bench.errors import UserError
@@ -70,31 +65,16 @@ def test_dependent_suite_in_the_pool_uses_its_dependencys_mask(tmp_path):
             assert torch.equal(model[f"{name}.weight_mask"], mask)
 
 
-def _cli(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "alma_bench.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_sigkill_of_the_dependency_resumes_and_the_dependent_follows(tmp_path):
     suite = _suite(tmp_path, "slow-dpr", megabatches=4)
     common = [str(suite), "--plugin", str(ROOT / "tests" / "plugins" / "slow_dpr.py"),
               "--quiet", "--workers", "1", "--seeds", "0"]
-    ref = _cli("run", *common, "--out", str(tmp_path / "ref"))
-    proc = _cli("run", *common, "--out", str(tmp_path / "killed"))
-    deadline, status = time.time() + 120, None
-    while time.time() < deadline:
-        found = list((tmp_path / "killed" / "tiny").glob("*/status.json"))
-        if found:
-            status = json.loads(found[0].read_text())
-            if status["megabatches_done"] >= 2:
-                break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ref = cli_process("run", *common, "--out", str(tmp_path / "ref"))
+    proc = cli_process("run", *common, "--out", str(tmp_path / "killed"))
+    status, found = sigkill_after(proc, tmp_path / "killed" / "tiny", 2)
     assert status and status["megabatches_done"] == 2, status  # killed inside the dependency
     assert len(found) == 1  # the dependent had not started
-    resumed = _cli("run", *common, "--out", str(tmp_path / "killed"))
+    resumed = cli_process("run", *common, "--out", str(tmp_path / "killed"))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
     a, b = _runs(tmp_path / "ref"), _runs(tmp_path / "killed")

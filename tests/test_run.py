@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_suite
+from conftest import ROOT, cli_process, sigkill_after, write_suite
 
 from alma_bench.cli import main
 from alma_bench.config import load_suite
@@ -77,33 +72,17 @@ def test_strategy_revision_enters_the_run_id(tiny_suite, monkeypatch):
     assert spec.identity()["strategy_revision"] == 2 and spec.run_id != before
 
 
-def _cli(*args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "alma_bench.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-
-
 def test_sigkill_during_megabatch_4_resumes_to_identical_numbers(tmp_path):
     suite = write_suite(tmp_path / "tiny.yaml", strategies=[{"name": "slow-dense"}],
                         stream={**__import__("conftest").TINY["stream"], "megabatches": 6})
     plugin = str(ROOT / "tests" / "plugins" / "slow.py")
     common = [str(suite), "--plugin", plugin, "--quiet"]
-    ref = _cli("run", *common, "--out", str(tmp_path / "ref"))
-    proc = _cli("run", *common, "--out", str(tmp_path / "killed"))
-    status = None
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        runs = list((tmp_path / "killed" / "tiny").glob("*/status.json"))
-        if runs:
-            status = json.loads(runs[0].read_text())
-            if status["megabatches_done"] >= 3:
-                break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ref = cli_process("run", *common, "--out", str(tmp_path / "ref"))
+    proc = cli_process("run", *common, "--out", str(tmp_path / "killed"))
+    status, runs = sigkill_after(proc, tmp_path / "killed" / "tiny", 3)
     assert status and status["megabatches_done"] == 3, status  # killed inside megabatch 4
     assert json.loads(runs[0].read_text())["state"] == "running"
-    resumed = _cli("run", *common, "--out", str(tmp_path / "killed"))
+    resumed = cli_process("run", *common, "--out", str(tmp_path / "killed"))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
     a, b = rows_of(tmp_path / "ref"), rows_of(tmp_path / "killed")
