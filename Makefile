@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-slow lint reports perf clean report-quickstart \
-	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules
+	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules \
+	report-lottery
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +33,7 @@ REPORT = $(BIN)/alma-bench report
 RUN = $(BIN)/alma-bench run
 DENSITIES = [0.1,0.2,0.3663573774335656]
 reports: report-quickstart report-app-density report-app-long \
-	report-dpr-trainability report-sparsity-schedules
+	report-dpr-trainability report-sparsity-schedules report-lottery
 
 report-quickstart: $(STAMP)
 	$(RUN) quickstart --quiet
@@ -63,11 +64,21 @@ report-dpr-trainability: $(STAMP)
 	$(RUN) dpr-trainability --scale quick --quiet
 	$(REPORT) results/dpr-trainability-quick --out reports/dpr-trainability \
 	  --command "make reports: alma-bench run dpr-trainability --scale quick && alma-bench report results/dpr-trainability-quick"
+	printf '\n## Does DPR beat its ablations (b), (c), (d)?\n\nPaired over the 3 shared seeds, 95%% t-intervals (`alma-bench compare results/dpr-trainability-quick --baseline "dpr-0.1[stream.megabatches=N]"`, offline N = 1 and the ALMA stream N = 4; a negative difference: the ablation is worse than DPR):\n\n```\n' >> reports/dpr-trainability/README.md
+	for n in 1 4; do $(BIN)/alma-bench compare results/dpr-trainability-quick \
+	  --baseline "dpr-0.1[stream.megabatches=$$n]" --metric final_test_acc cer \
+	  | grep -E "megabatches=$$n\] vs" >> reports/dpr-trainability/README.md; done
+	printf '```\n' >> reports/dpr-trainability/README.md
 
 report-sparsity-schedules: $(STAMP)
 	$(RUN) sparsity-schedules --scale quick --quiet
 	$(REPORT) results/sparsity-schedules-quick --out reports/sparsity-schedules \
 	  --command "make reports: alma-bench run sparsity-schedules --scale quick && alma-bench report results/sparsity-schedules-quick"
+
+report-lottery: $(STAMP)
+	$(RUN) lottery --scale quick --quiet
+	$(REPORT) results/lottery-quick --out reports/lottery \
+	  --command "make reports: alma-bench run lottery --scale quick && alma-bench report results/lottery-quick"
 
 perf: $(STAMP)
 	$(BIN)/alma-bench perf --json reports/perf.json

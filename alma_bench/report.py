@@ -69,6 +69,9 @@ _TABLE = (
 )
 
 
+FINDINGS = "FINDINGS.md"
+
+
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
                 command: str | None = None, formats: str | Sequence[str] = "png",
                 on_figure: Callable[[str, Figure], None] | None = None) -> Path:
@@ -78,6 +81,8 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
     the command that made the report. ``formats``: the figures' file formats, ``"png,pdf"``
     or a list, from FORMATS; the README embeds the PNG when there is one, else the first.
     ``on_figure(file stem, Figure)`` sees each figure as it is written (tests, notebooks).
+    A ``FINDINGS.md`` already in ``out_dir`` (what a person concluded from these numbers) is
+    kept and put first in the README, so regenerating a report never loses it.
     """
     formats = parse_formats(formats)  # before any work: a bad format is a one-line error
     results = load(results_dir)
@@ -96,7 +101,12 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
             prefix = f"{_slug(suite)}_" if len(suites) > 1 else ""
             figures = _figures(results, suite, out, prefix, look, formats, on_figure)
             sections.append(_section(results, table, suite, figures))
-    (out / "README.md").write_text(_head(command, suites) + "\n".join(sections))
+    findings = out / FINDINGS
+    head = _head(command, suites)
+    if findings.is_file():
+        head += (f"## Findings\n\n(Written by hand from these numbers; kept in "
+                 f"[{FINDINGS}]({FINDINGS}).)\n\n{findings.read_text().strip()}\n\n")
+    (out / "README.md").write_text(head + "\n".join(sections))
     return out
 
 
@@ -142,6 +152,11 @@ def figures(results: Results, suite: str, look: dict | None = None) -> list[tupl
             title = f"Per-layer density (seed mean): {label}{tag}"
             drawn.append((f"layer_density_{_slug(label)}", f"Per-layer density: {label}",
                           _heatmap(layers[layers["label"] == label], title)))
+        decisions = res.schedule[res.schedule["suite"] == suite]
+        for label in sorted(decisions["label"].dropna().astype(str).unique()):
+            title = f"Learned schedule (seed mean of each decision's target): {label}{tag}"
+            drawn.append((f"learned_schedule_{_slug(label)}", f"Learned schedule: {label}",
+                          _schedule_heatmap(decisions[decisions["label"] == label], title)))
     return drawn
 
 
@@ -509,20 +524,36 @@ def _pareto(x: pd.Series, y: pd.Series) -> tuple[list[float], list[float]]:
 
 def _heatmap(layers: pd.DataFrame, title: str) -> Figure:
     """Rows: layers in model order; columns: megabatch; cell: density averaged over seeds."""
-    grid = layers.groupby(["layer", "megabatch"])["density"].mean().unstack("megabatch")
-    grid = grid.reindex(list(dict.fromkeys(layers["layer"])))  # model order, not alphabetical
+    return _layer_grid(layers, "megabatch", title, "megabatch",
+                       "density (fraction of weights kept)")
+
+
+def _schedule_heatmap(decisions: pd.DataFrame, title: str) -> Figure:
+    """A learned schedule, readable inside a megabatch: columns are the agent's decisions in
+    run order (labelled by optimizer step), cells the target density it chose, averaged over
+    seeds (every seed decides at the same steps)."""
+    return _layer_grid(decisions, "step", title, "optimizer step of the decision",
+                       "target density chosen by the agent")
+
+
+def _layer_grid(long: pd.DataFrame, column: str, title: str, xlabel: str,
+                cbar: str) -> Figure:
+    """Heatmap of ``density`` with layers as rows (model order, not alphabetical) and
+    ``column`` as columns."""
+    grid = long.groupby(["layer", column])["density"].mean().unstack(column)
+    grid = grid.reindex(list(dict.fromkeys(long["layer"])))
     grid.columns = [int(c) for c in grid.columns]
     fig = Figure(figsize=(WIDTH, max(3.0, 1.6 + 0.38 * len(grid))))
     ax = fig.subplots()
-    # At most ~15 megabatch labels, upright: 30 rotated labels are hard to read at 800 px.
+    # At most ~15 column labels, upright: 30 rotated labels are hard to read at 800 px.
     # Numbers in the cells only while they fit (~16 columns at 800 px); the colour bar reads
     # the rest.
     annot = grid.size <= 160 and grid.shape[1] <= 16
     sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=annot, fmt=".2f",
-                cbar_kws={"label": "density (fraction of weights kept)"}, ax=ax,
+                cbar_kws={"label": cbar}, ax=ax,
                 xticklabels=max(1, math.ceil(grid.shape[1] / 15)))
     ax.tick_params(axis="x", labelrotation=0)
-    ax.set(title=title, xlabel="megabatch", ylabel="layer")
+    ax.set(title=title, xlabel=xlabel, ylabel="layer")
     return fig
 
 
@@ -549,10 +580,11 @@ def _by_group(res: Results) -> Results:
     per group, so two configs of one strategy are never pooled into one curve. The label
     itself is kept as ``entry`` (the trade-off figure's curves are per entry); applying this
     twice changes nothing."""
-    return Results(*(df.assign(entry=df["entry"] if "entry" in df.columns else df["label"],
-                               label=df["group_label"])
-                     for df in (res.runs, res.metrics, res.layer_density)),
-                   configs=res.configs)
+    runs, metrics, layers, schedule = (
+        df.assign(entry=df["entry"] if "entry" in df.columns else df["label"],
+                  label=df["group_label"])
+        for df in (res.runs, res.metrics, res.layer_density, res.schedule))
+    return Results(runs, metrics, layers, configs=res.configs, schedule=schedule)
 
 
 def _section(res: Results, table: pd.DataFrame, suite: str, figures: list[tuple]) -> str:

@@ -8,6 +8,7 @@ The runner writes one directory per run (``config.json``, ``metrics.jsonl``, ``s
     res.runs                          # one row per run
     res.metrics                       # one row per (run, megabatch)
     res.layer_density                 # long form: one row per (run, megabatch, layer)
+    res.schedule                      # a learned schedule's decisions (run, step, layer)
     summary_table(res.runs)           # mean and std over seeds per group
 
 A *group* is the runs of one suite and label whose resolved configs are equal except for the
@@ -60,6 +61,7 @@ RUN_COLUMNS = (
 )
 JOIN_COLUMNS = ("suite", "run_id", "label", "group", "group_label", "seed")
 LAYER_COLUMNS = JOIN_COLUMNS + ("megabatch", "layer", "density")
+SCHEDULE_COLUMNS = JOIN_COLUMNS + ("megabatch", "decision", "step", "layer", "density")
 
 
 @dataclass
@@ -70,7 +72,9 @@ class Results:
     config's paper reference, one column per varying config key; ``config`` is the run's
     config key as JSON), in the suite's order (shipped suites) or the order runs started.
     ``metrics``: one row per (run, megabatch) with JOIN_COLUMNS joined; ``layer_density``
-    stays a dict column there. ``layer_density``: long form (LAYER_COLUMNS).
+    stays a dict column there. ``layer_density``: long form (LAYER_COLUMNS). ``schedule``: the
+    per-layer target densities a learned schedule chose (``rl_schedule`` rows), one row per
+    (run, decision, layer) (SCHEDULE_COLUMNS); empty without such runs.
     ``configs``: the full config.json of each run, keyed by run_id.
     """
 
@@ -78,6 +82,8 @@ class Results:
     metrics: pd.DataFrame
     layer_density: pd.DataFrame
     configs: dict[str, dict] = field(default_factory=dict)
+    schedule: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=list(SCHEDULE_COLUMNS)))
 
 
 def load(path: str | Path) -> Results:
@@ -93,7 +99,7 @@ def load(path: str | Path) -> Results:
         raise UserError(f"no readable runs under '{root}'")
     # a dependency is identified by its own config key, not by its seed-specific run id
     dep_keys = {str(c.get("run_id") or d.name): dump(config_key(c)) for d, c in configs.items()}
-    runs, metric_rows, layer_rows, by_id = [], [], [], {}
+    runs, metric_rows, layer_rows, decision_rows, by_id = [], [], [], [], {}
     for run_dir, config in configs.items():
         run, rows = _load_run(run_dir, config)
         run["config"] = dump(config_key(config, dep_keys))
@@ -106,6 +112,12 @@ def load(path: str | Path) -> Results:
             metric_rows.append({"_run": len(runs) - 1, **row, "layer_density": layers})
             layer_rows += [{"_run": len(runs) - 1, "megabatch": row.get("megabatch"),
                             "layer": name, "density": value} for name, value in layers.items()]
+            decisions = row.get("rl_schedule")
+            for k, d in enumerate(decisions if isinstance(decisions, list) else []):
+                decision_rows += [{"_run": len(runs) - 1, "megabatch": row.get("megabatch"),
+                                   "decision": k, "step": d.get("step"), "layer": name,
+                                   "density": value}
+                                  for name, value in (d.get("targets") or {}).items()]
     runs_df = _order(assign_groups(_numeric(_with_columns(pd.DataFrame(runs), RUN_COLUMNS
                                                           + SUMMARY_FIELDS))))
     position = {i: n for n, i in enumerate(runs_df.pop("_index"))}
@@ -115,8 +127,11 @@ def load(path: str | Path) -> Results:
     metrics = metrics.drop_duplicates(["suite", "run_id", "megabatch"], keep="last")
     layers = _joined(layer_rows, join, position, LAYER_COLUMNS[len(JOIN_COLUMNS):])
     layers = layers.drop_duplicates(["suite", "run_id", "megabatch", "layer"], keep="last")
+    schedule = _joined(decision_rows, join, position, SCHEDULE_COLUMNS[len(JOIN_COLUMNS):])
+    schedule = schedule.drop_duplicates(["suite", "run_id", "megabatch", "decision", "layer"],
+                                        keep="last")
     return Results(runs=runs_df.drop(columns="_started"), metrics=metrics,
-                   layer_density=layers, configs=by_id)
+                   layer_density=layers, configs=by_id, schedule=schedule)
 
 
 def _joined(rows: list[dict], join: pd.DataFrame, position: dict[int, int],

@@ -14,12 +14,20 @@ protocol and schedule parameters: anything else is a one-line error before train
 without one, trained at the run's first decision for ``episodes`` episodes on train networks
 (seeded from the strategy seed, the train split of this run's stream), saved as
 ``artifacts/agent.zip`` (+ ``.json``) and reused when the run resumes; the seconds it took are
-``agent_train_s`` in every row. Each metrics row lists the megabatch's decisions
-(``rl_schedule``: optimizer step and per-layer target densities).
+``agent_train_s`` in every row. With ``agent_seed``, the agent is trained once from that seed and
+shared by every run of the same environment config in the results folder (under ``agents/``,
+keyed by config, episodes, envs and seed; the first run trains it, the others wait and load
+it): the paper's setting, one agent evaluated on unseen networks (each run's own seed).
+Each metrics row lists the megabatch's decisions (``rl_schedule``: optimizer step and
+per-layer target densities).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -63,9 +71,35 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         self.last_targets: dict[str, float] = {}
         self.decisions: list[dict] = []  # of the current megabatch
 
+    def _shared_agent(self) -> Path:
+        """The results folder's agent for this config and ``agent_seed``: trained here under
+        an exclusive lock when absent (flock: released if this process dies), else loaded."""
+        r = self.rl
+        key = hashlib.sha256(json.dumps(
+            {"env": self.config.to_json(), "episodes": r.episodes, "envs": r.envs,
+             "seed": r.agent_seed, "train_fraction": r.train_fraction},
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = Path(self.ctx.run_dir).parent / "agents" / f"{key}.zip"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock, contextlib.ExitStack() as stack:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+            if not path.is_file():
+                a = self.agent_mod
+                model, returns, secs = a.train_agent(self.config, r.episodes, r.envs,
+                                                     seed=r.agent_seed,
+                                                     train_fraction=r.train_fraction)
+                a.save_agent(model, path, self.config, {"episodes": len(returns),
+                                                        "returns": returns, "train_s": secs,
+                                                        "seed": r.agent_seed})
+        self.train_s = json.loads(self.agent_mod.config_path(path).read_text())["train_s"]
+        return path
+
     def _load_policy(self):
         a = self.agent_mod
         path = self.rl.agent
+        if path is None and self.rl.agent_seed is not None and self.ctx.run_dir:
+            path = self._shared_agent()
         own = Path(self.ctx.run_dir) / "artifacts" / AGENT if self.ctx.run_dir else None
         if path is None and own is not None and own.is_file():
             path = own  # a resumed run: the agent it trained before the interruption
@@ -148,6 +182,7 @@ class RLSchedule:
     reward: Literal["terminal", "delta"] = "terminal"  # final val acc, or its change per step
     agent: str | None = None  # a saved agent (.zip); none: train one in the run
     episodes: int = 25  # when training in the run (the paper's agent needed 25 to 50)
+    agent_seed: int | None = None  # train one agent from this seed, shared by equal runs
     envs: int = 1  # parallel environments when training in the run
     train_fraction: float = 0.5  # share of the training pool the agent trains on
     prune_first: bool = True

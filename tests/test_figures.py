@@ -208,3 +208,27 @@ def test_png_is_embedded_when_written(tmp_path):
     fig.subplots().plot([0, 1])
     assert _save(fig, tmp_path / "f", ("svg", "png")) == "f.png"
     assert (tmp_path / "f.svg").is_file() and (tmp_path / "f.png").is_file()
+
+
+def test_learned_schedule_is_a_layer_by_decision_heatmap_of_the_seed_mean(tmp_path):
+    """A one-megabatch learned run: its per-megabatch heatmap would be a single column, so the
+    report draws the agent's decisions (layers x decision step), averaged over seeds."""
+    suite = tmp_path / "sched"
+    steps, chosen = (0, 10, 20), {0: (0.9, 0.5), 1: (0.7, 0.3)}  # seed -> conv1, conv2 at 0
+    for seed in (0, 1):
+        run = write_run(suite, "rp-rr-learned", seed, 0.5, strategy="rl-schedule")
+        a, b = chosen[seed]
+        decisions = [{"step": s, "targets": {"conv1": a - 0.1 * k, "conv2": b - 0.1 * k}}
+                     for k, s in enumerate(steps)]
+        row = {"megabatch": 1, "test_acc": 0.5, "density": 0.2, "rl_schedule": decisions,
+               "layer_density": {"conv1": a - 0.2, "conv2": b - 0.2}}
+        (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    res = load(tmp_path)
+    assert len(res.schedule) == 2 * 3 * 2
+    drawn = {stem: fig for stem, _, fig in figures(res, "sched")}
+    fig = drawn["learned_schedule_rp-rr-learned"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10", "20"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "conv2"]
+    cells = [float(t.get_text()) for t in ax.texts]  # row-major: conv1's decisions first
+    assert cells == pytest.approx([0.8, 0.7, 0.6, 0.4, 0.3, 0.2])

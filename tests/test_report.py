@@ -181,3 +181,18 @@ def test_tensorboard_sink_round_trip(tmp_path):
     events = acc.Scalars("test_acc")
     assert [e.step for e in events] == [1, 2]
     assert [e.value for e in events] == pytest.approx([r["test_acc"] for r in rows])
+
+
+def test_findings_written_by_hand_survive_a_regenerated_report(store, tmp_path):
+    root, _, _ = store
+    out = tmp_path / "rep"
+    make_report(root, out)
+    first = (out / "README.md").read_text()
+    assert "## Findings" not in first
+    (out / "FINDINGS.md").write_text("APP beats OSP by 1.7 pp here.\n")
+    make_report(root, out)
+    make_report(root, out)  # twice: the findings appear once, not once per regeneration
+    readme = (out / "README.md").read_text()
+    assert readme.count("APP beats OSP by 1.7 pp here.") == 1
+    assert readme.index("## Findings") < readme.index("## Suite")
+    assert (out / "FINDINGS.md").read_text() == "APP beats OSP by 1.7 pp here.\n"

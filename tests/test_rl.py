@@ -241,3 +241,46 @@ def test_in_run_agent_is_saved_and_a_resumed_run_decides_the_same(tmp_path):
     assert (tmp_path / "whole" / "tiny" / spec.run_id / "artifacts" / "agent.zip").is_file()
     assert torch.equal(*(torch.load(p / "tiny" / spec.run_id / "artifacts" / "final_masks.pt")
                          ["conv2"] for p in (tmp_path / "whole", tmp_path / "cut")))
+
+
+def test_agent_seed_trains_one_agent_shared_by_the_runs_of_a_config(tmp_path):
+    """With ``agent_seed``, the seeds of one config train one agent between them (the first
+    run trains it, the next loads it): one zip under agents/, the same sha in every row, and
+    every row reports the shared agent's training time."""
+    suite = write_suite(tmp_path / "s.yaml", strategies=[
+        {"name": "rl-schedule", "params": {"update_period": 3, "episodes": 2, "agent_seed": 7}}],
+        stream={"name": "synthetic", "n_train": 90, "n_test": 16, "classes": 3, "size": 8,
+                "megabatches": 2, "replay": "all"}, seeds=[0, 1])
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet",
+                 "--workers", "1"]) == 0
+    agents = list((tmp_path / "o" / "tiny" / "agents").glob("*.zip"))
+    assert len(agents) == 1
+    runs = [p for p in (tmp_path / "o" / "tiny").iterdir() if (p / "metrics.jsonl").is_file()]
+    rows = [read_rows(p / "metrics.jsonl") for p in runs]
+    assert len(rows) == 2
+    assert {r[0]["agent_sha256"] for r in rows} == {rl.file_hash(agents[0])}
+    meta = json.loads(rl.config_path(agents[0]).read_text())
+    assert meta["seed"] == 7 and all(r[0]["agent_train_s"] == meta["train_s"] for r in rows)
+    assert not any((p / "artifacts" / "agent.zip").exists() for p in runs)
+
+
+def test_sparsity_schedules_smoke_has_the_learned_row_at_the_exact_target(tmp_path):
+    """The suite's smoke scale with a handcrafted and a learned entry of one target: both end
+    at the target density; the learned run's rows carry its decisions."""
+    out = tmp_path / "o"
+    assert main(["run", "sparsity-schedules", "--scale", "smoke", "--strategies",
+                 "rp-rr[density=0.1,schedule=constant],rp-rr-learned[density=0.1]",
+                 "--set", "strategies.rp-rr-learned.episodes=2", "--out", str(out),
+                 "--quiet", "--workers", "1"]) == 0
+    rows = {}
+    for d in (out / "sparsity-schedules-smoke").iterdir():
+        if (d / "config.json").is_file():
+            rows[json.loads((d / "config.json").read_text())["label"]] = read_rows(
+                d / "metrics.jsonl")
+    assert set(rows) == {"rp-rr[density=0.1,schedule=constant]", "rp-rr-learned[density=0.1]"}
+    learned = rows["rp-rr-learned[density=0.1]"]
+    for r in rows.values():  # density over the prunable weights; per-layer rounding only
+        assert r[-1]["density"] == pytest.approx(0.1, abs=1e-4)
+    assert learned[-1]["layer_density"] != rows["rp-rr[density=0.1,schedule=constant]"][-1][
+        "layer_density"]  # the agent chose its own per-layer split
+    assert learned[-1]["rl_schedule"] and learned[-1]["agent_sha256"]
