@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _parser()
     args = parser.parse_args(argv)
-    # Warnings (e.g. a third-party UserWarning at import) are held back while the command
-    # runs: an error stays one line, and a command that succeeds shows them at its end.
+    # Warnings (e.g. a third-party UserWarning at import, or one raised inside a run, which
+    # the executors hand back) are held back while the command runs: an error stays one line,
+    # and a command that succeeds shows them at its end, each once; under --quiet only
+    # alma-bench's own (e.g. a results file it skipped).
     with warnings.catch_warnings(record=True) as held:
         try:
             code = _command(args)
@@ -40,9 +42,25 @@ def main(argv: list[str] | None = None) -> int:
             where = f"{e.filename}: " if e.filename else ""
             print(f"alma-bench: error: {where}{e.strerror or e}", file=sys.stderr)
             return 3
+    quiet = getattr(args, "quiet", False)
+    shown = set()
     for w in held:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        key = (str(w.message), w.category, w.filename, w.lineno)
+        if key not in shown and not (quiet and not _own_code(w.filename)):
+            shown.add(key)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return code
+
+
+def _own_code(filename: str) -> bool:
+    """Whether ``filename`` is alma-bench's (its package, built-in strategies and streams)."""
+    import importlib.util
+
+    roots = [Path(d).resolve() for m in ("alma_bench", "alma_bench.strategies",
+                                         "alma_bench.streams")
+             for d in (importlib.util.find_spec(m).submodule_search_locations or [])]
+    path = Path(filename).resolve()
+    return any(path.is_relative_to(r) for r in roots)
 
 
 def _command(args) -> int:
@@ -102,8 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     r.add_argument("--tensorboard", metavar="DIR",
                    help="TensorBoard logs, one directory per run (DIR/suite/label/seedN)")
+    r.add_argument("--avalanche-loggers", metavar="DIR",
+                   help="also run Avalanche's evaluation plugin with its Text, CSV and "
+                        "TensorBoard loggers, one directory per run (DIR/suite/label/seedN); "
+                        "slower, changes no number")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and stop")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no third-party warnings")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("show", help="table of a results directory (mean and std over seeds "
@@ -300,7 +323,7 @@ def _execute(todo, args, out):
     job = Job(out=out, device=args.device, plugins=tuple(args.plugin or ()),
               channels_last=args.channels_last, tensorboard=args.tensorboard,
               env=invocation(args.plugin), retry_failed=args.retry_failed, wait=args.wait,
-              gpus=args.ray_gpus)
+              gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers)
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
                     position=0, leave=True)
     mb_bar = None

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from alma_bench import grid
+from alma_bench import compose, grid
 from alma_bench.errors import UserError, unknown
-from alma_bench.registry import MODELS, STRATEGIES, STREAMS, build_dataclass
+from alma_bench.registry import MODELS, STREAMS, build_dataclass
 from alma_bench.stream import AlmaSplit
 
 
@@ -138,9 +138,8 @@ class RunSpec:
                  "core_revision": CORE_REVISION}
         if self.deps:
             ident["deps"] = dict(sorted(self.deps.items()))
-        name = self.strategy["name"]
-        revision = getattr(STRATEGIES.get(name).cls, "revision", 1) if name in STRATEGIES else 1
-        if revision != 1:
+        revision = compose.revision(self.strategy["name"])  # per part for a composition
+        if revision is not None:
             ident["strategy_revision"] = revision
         return ident
 
@@ -286,13 +285,19 @@ def apply_set(raw: dict, assignment: str) -> None:
     parts = key.strip().split(".")
     if parts[0] not in SUITE_KEYS:
         raise unknown("suite key", parts[0], SUITE_KEYS)
-    if parts[0] == "strategies" and len(parts) == 3:
+    if parts[0] == "strategies" and len(parts) in (3, 4):
+        # strategies.<label>.<param>, or strategies.<label>.<part>.<param> of a composition
         entries = raw.get("strategies") or []
         for i, s in enumerate(entries):
             if _label(s) == parts[1]:
                 if isinstance(s, str):  # a bare name: make it an entry that can hold params
                     s = entries[i] = {"name": s}
-                s.setdefault("params", {})[parts[2]] = value
+                node = s.setdefault("params", {})
+                if len(parts) == 4:
+                    node = node.setdefault(parts[2], {})
+                    if not isinstance(node, dict):
+                        raise UserError(f"--set {key}: '{parts[2]}' is not a mapping")
+                node[parts[-1]] = value
                 return
         raise unknown("strategy label", parts[1], [_label(s) for s in raw.get("strategies", [])])
     node = raw
@@ -304,7 +309,10 @@ def apply_set(raw: dict, assignment: str) -> None:
 
 
 def _label(s: Any) -> str:
-    return s if isinstance(s, str) else s.get("label", s.get("name", "?"))
+    if isinstance(s, str):
+        return s
+    name = s.get("name", "?")
+    return s.get("label", compose.SEP.join(map(str, name)) if isinstance(name, list) else name)
 
 
 def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = (),
@@ -401,13 +409,14 @@ def _entries(specs: list, values: dict) -> list[tuple[str, str, str, dict]]:
             raise UserError(f"strategy entry {s!r}: keys are name, label, params, grid")
         if not isinstance(s.get("params") or {}, dict):
             raise UserError(f"strategy entry {s!r}: params must be a mapping")
-        base = s.get("label", s["name"])
+        name = compose.canonical(s["name"])  # a list of parts is a composition: "a+b"
+        base = s.get("label", name)
         own = grid.sweeps(s.get("grid"), f"strategy entry '{base}'")
-        grid.check_keys(own, STRATEGIES.get(s["name"]).params(), f"strategy '{s['name']}'")
+        grid.check_keys(own, compose.param_keys(name), f"strategy '{name}'")
         for combo in grid.combinations(own):  # a grid value overrides the same param
-            obj = STRATEGIES.create(s["name"], **{**(s.get("params") or {}), **combo})
-            out.append((grid.label(base, {**combo, **values}), base, s["name"],
-                        dataclasses.asdict(obj)))
+            obj = compose.create(name, compose.merge(name, s.get("params") or {}, combo))
+            out.append((grid.label(base, {**combo, **values}), base, name,
+                        compose.resolved_params(obj)))
     return out
 
 

@@ -87,6 +87,11 @@ def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) 
     return xr.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch`` of a ``BatchLoader`` seeded ``seed`` (its order first)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class BatchLoader:
     """Iterates shuffled ``[x, y, task]`` mini-batches of tensors, as Avalanche's loop expects.
 
@@ -110,7 +115,7 @@ class BatchLoader:
         return -(-len(self.y) // self.batch_size)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = epoch_generator(self.seed, self.epoch)
         self.epoch += 1
         n = len(self.y)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)

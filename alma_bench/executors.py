@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class Outcome:
     owner: str | None = None
     exc: BaseException | None = None
     notes: list[str] = field(default_factory=list)  # lines to print (from worker processes)
+    # warnings raised inside the run, as (message, category, filename, lineno): held back and
+    # shown by the invocation (never under --quiet), not printed by a worker process
+    warnings: list[tuple] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Job:
     retry_failed: bool = False  # rerun runs that failed before this invocation started
     wait: bool = True  # a run another process is training: wait for it (else skip it)
     gpus: float | None = None  # GPUs per Ray task (default: 1 when the device is CUDA)
+    avalanche_loggers: str | None = None  # Avalanche's metrics and loggers (changes no number)
     started: float = field(default_factory=time.time)
 
 
@@ -91,13 +96,19 @@ def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
     notes: list[str] = []
     rd = RunDir(job.out, spec.results_name, spec.run_id)
     _in_run = True
-    try:
-        outcome = _locked(spec, job, rd, progress, note or notes.append)
-    except UserError as e:
-        outcome = Outcome("error", error=str(e), exc=e)
-    finally:
-        _in_run = False
+    # Held back, in a worker process as in this one: third-party libraries warn inside runs
+    # (Avalanche's replay a DeprecationWarning per megabatch), and --quiet must stay quiet.
+    # This also undoes the filters a library sets while it runs (Avalanche's "once").
+    with warnings.catch_warnings(record=True) as held:
+        try:
+            outcome = _locked(spec, job, rd, progress, note or notes.append)
+        except UserError as e:
+            outcome = Outcome("error", error=str(e), exc=e)
+        finally:
+            _in_run = False
     outcome.notes = notes
+    outcome.warnings = list(dict.fromkeys(
+        (str(w.message), w.category, w.filename, w.lineno) for w in held))
     return outcome
 
 
@@ -108,7 +119,7 @@ def _locked(spec, job, rd, progress, say) -> Outcome:
     def run():
         return execute(spec, job.out, job.device, progress=progress,
                        channels_last=job.channels_last, tensorboard=job.tensorboard,
-                       env=job.env, note=say)
+                       env=job.env, note=say, avalanche_loggers=job.avalanche_loggers)
 
     if rd.is_done():
         return Outcome("done", summary=run())  # reused (run() says so if the env differs)
@@ -188,6 +199,7 @@ class _Schedule:
         self.bad: set[str] = set()  # failed, skipped, or left to another process
         self.busy: dict[str, RunSpec] = {}
         self.outcomes: dict[str, Outcome] = {}
+        self.warned: set[tuple] = set()
 
     @property
     def open(self) -> bool:
@@ -218,6 +230,12 @@ class _Schedule:
     def finish(self, spec: RunSpec, outcome: Outcome) -> None:
         for line in outcome.notes:
             self.say(line)
+        for w in outcome.warnings:
+            if w not in self.warned:  # once per invocation, not once per run
+                self.warned.add(w)
+                # to the invocation's held warnings (alma_bench/cli.py), past the filters:
+                # the run's process applied them already
+                warnings.showwarning(*w)
         if outcome.state == "error":
             raise outcome.exc
         name = f"run {spec.label} seed {spec.seed} ({spec.run_id})"

@@ -40,9 +40,9 @@ def sweeps(grid: Any, where: str) -> dict[str, list]:
 
 
 def suite_grid(raw: dict, label_of) -> dict[str, list]:
-    """The suite's grid as {dotted key: values}; ``strategies.<label>.<param>`` keys are
-    moved into that entry's own grid (``raw`` is edited). ``label_of(entry)`` is an entry's
-    label."""
+    """The suite's grid as {dotted key: values}; ``strategies.<label>.<param>`` keys (and
+    ``strategies.<label>.<part>.<param>`` of a composition) are moved into that entry's own
+    grid (``raw`` is edited). ``label_of(entry)`` is an entry's label."""
     flat = sweeps(raw.get("grid"), "suite")
     entries = raw.get("strategies") or []
     for key in [k for k in flat if k.split(".")[0] == "strategies"]:
@@ -51,6 +51,11 @@ def suite_grid(raw: dict, label_of) -> dict[str, list]:
             raise UserError(f"grid key '{key}': a strategy's grid key is "
                             "strategies.<label>.<param>")
         label, param = ".".join(parts[1:-1]), parts[-1]
+        # a composition's key names a part too: strategies.<label>.<part>.<param>
+        named = [lb for lb in map(label_of, entries) if key.startswith(f"strategies.{lb}.")]
+        if named and label not in named:
+            label = max(named, key=len)
+            param = key[len(f"strategies.{label}."):]
         for i, entry in enumerate(entries):
             if label_of(entry) == label:
                 entry = entries[i] = {"name": entry} if isinstance(entry, str) else entry

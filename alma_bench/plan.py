@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from alma_bench import compose
 from alma_bench.config import RunSpec, SuiteSpec, load_suite
 from alma_bench.errors import UserError
-from alma_bench.registry import STRATEGIES
 
 
 def dependency_params(spec: RunSpec) -> dict[str, str]:
-    """Parameter -> label of the entry it names, for the run's strategy (empty if none)."""
-    cls = STRATEGIES.get(spec.strategy["name"]).cls
-    params = spec.strategy["params"]
-    return {p: params[p] for p in getattr(cls, "depends_on", ()) if params.get(p) is not None}
+    """Parameter -> label of the entry it names, for the run's strategy (every part of a
+    composition; empty if none)."""
+    return compose.dependency_params(spec.strategy)
 
 
 def resolve(runs: list[RunSpec], pool: list[RunSpec], suite: str) -> list[RunSpec]:

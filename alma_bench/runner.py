@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from alma_bench import __version__
+from alma_bench import __version__, compose
 from alma_bench.config import RunSpec, derive, split_and_source
 from alma_bench.data import Normalizer
 from alma_bench.errors import UserError
@@ -30,7 +30,7 @@ from alma_bench.metrics import (
 )
 from alma_bench.models import build_model
 from alma_bench.provenance import note_reuse, provenance
-from alma_bench.registry import STRATEGIES, STREAMS
+from alma_bench.registry import STREAMS
 from alma_bench.store import RunDir, clean_stale_tmp, ensure_dir, read_json, write_json
 from alma_bench.stream import build_stream
 
@@ -75,12 +75,14 @@ def machine_info(device: torch.device) -> dict:
 
 def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             channels_last: bool = False, tensorboard: str | None = None,
-            env: dict | None = None, note=None) -> dict:
+            env: dict | None = None, note=None, avalanche_loggers: str | None = None) -> dict:
     """Run (or resume, or skip) one run; returns its summary.
 
     ``env`` is provenance of the invocation (command line, plugin file hashes) recorded in
     config.json; a finished run reused under a different environment says so on stderr.
     ``note`` gets one line when damaged files change where the run resumes (default: stderr).
+    ``avalanche_loggers``: a folder for Avalanche's own metrics and loggers
+    (alma_bench/avalanche_logs.py); it changes no number.
     """
     from alma_bench.training import AlmaTemplate, RunContext
 
@@ -113,11 +115,17 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
                      Normalizer(data.mean, data.std, dev, channels_last),
                      run_dir=rd.path, deps=deps)
     ctx.flop_meter = FlopMeter(model, flops_total, flops_layer)
-    strategy = STRATEGIES.create(spec.strategy["name"], **spec.strategy["params"])
+    strategy = compose.create(spec.strategy["name"], spec.strategy["params"])
     plugins = strategy.plugins(ctx)
     from alma_bench.finite import FiniteLossCheck, check_weights
 
-    template = AlmaTemplate(ctx=ctx, plugins=[*plugins, FiniteLossCheck(ctx)])
+    evaluator = None
+    if avalanche_loggers:
+        from alma_bench import avalanche_logs
+
+        evaluator = avalanche_logs.evaluator(avalanche_logs.run_log_dir(avalanche_loggers, spec))
+    template = AlmaTemplate(ctx=ctx, plugins=[*plugins, FiniteLossCheck(ctx)],
+                            evaluator=evaluator)
 
     rows: list[dict] = []
     ckpt = rd.resume_point(lambda line: _say(note, spec, line))  # verified, or a fallback
@@ -129,6 +137,9 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         for p, state in zip(plugins, ckpt["plugins"]):
             if state is not None:
                 p.load_state_dict(state)
+        # Avalanche's clock: plugins count experiences with it (EWC, GEM, SI, MAS)
+        for key, value in ckpt.get("clock", {}).items():
+            setattr(template.clock, key, value)
         ctx.step, ctx.samples_seen = ckpt["step"], ckpt["samples_seen"]
         ctx.train_flops = rows[-1]["train_flops"] if rows else 0.0
     write_json(rd.config, {**spec.to_json(), "version": __version__,
@@ -168,17 +179,22 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             if hasattr(p, "metrics"):
                 row.update(p.metrics())
         rows.append(row)
+        if evaluator is not None:  # after the row is measured: it reads nothing it changes
+            template.eval(stream.benchmark.test_stream)
         rd.commit({
             "megabatches_done": t + 1, "model": model.state_dict(),
             "optimizer": template.optimizer.state_dict()
             if protocol.keep_optimizer_state else None,
             "plugins": [p.state_dict() if hasattr(p, "state_dict") else None for p in plugins],
+            "clock": {k: v for k, v in vars(template.clock).items() if isinstance(v, int)},
             "step": ctx.step, "samples_seen": ctx.samples_seen, "rows": rows,
         }, rows, stream.n_megabatches)  # checkpoint, then metrics, then status
         if sink:
             sink.log_row(row)
         if progress:
             progress(t + 1, stream.n_megabatches, row)
+    if evaluator is not None:
+        avalanche_logs.close(evaluator)
     summary = summarize(rows)
     rd.finish(rows, summary, stream.n_megabatches)
     if sink:
@@ -198,8 +214,9 @@ def _say(note, spec: RunSpec, line: str) -> None:
 def dependency_dirs(spec: RunSpec, out: Path) -> dict[str, Path]:
     """Parameter name -> folder of the finished run it names (see ``RunSpec.deps``)."""
     dirs = {}
+    named = compose.dependency_params(spec.strategy)
     for param, run_id in (spec.deps or {}).items():
-        label = spec.strategy["params"].get(param)
+        label = named.get(param)
         rd = RunDir(out, spec.results_name, run_id)
         if not rd.is_done():
             raise UserError(f"run '{spec.label}' seed {spec.seed} needs the finished run of "

@@ -154,21 +154,41 @@ class AlmaStream:
         """The Avalanche benchmark (train/valid streams: one experience per megabatch; test).
 
         Its datasets are index views over the one copy of the data: union replay over N
-        megabatches would otherwise hold about N/2 copies of the training set.
+        megabatches would otherwise hold about N/2 copies of the training set. Every sample
+        carries task label 0 (ALMA has one task), the ``(x, y, t)`` triplets and the
+        ``targets_task_labels`` Avalanche's strategies expect (LwF reads it), and every
+        experience its ``task_label`` 0.
         """
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-        from avalanche.benchmarks.utils import as_taskaware_classification_dataset
+        from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 
         d = self.data
+        return with_task_labels(benchmark_from_datasets(
+            train=[self.dataset(m.train) for m in self.megabatches],
+            valid=[self.dataset(m.val) for m in self.megabatches],
+            test=[_avalanche(_Images(d.test_x, d.test_y, None, d.mean, d.std))],
+        ))
 
-        def wrap(x, y, idx=None):
-            return as_taskaware_classification_dataset(_Images(x, y, idx, d.mean, d.std))
+    def dataset(self, idx):
+        """The Avalanche dataset of training-pool samples ``idx``, in that order: normalised
+        images, labels, task label 0, and the data attribute ``pool_index`` (``idx`` itself,
+        not part of a sample). Avalanche keeps data attributes through its subsets and
+        concatenations, so a replay buffer's ``pool_index`` says which samples it holds, and
+        ``dataset(buffer.pool_index)`` rebuilds it from a checkpoint."""
+        from avalanche.benchmarks.utils import DataAttribute
 
-        return benchmark_from_datasets(
-            train=[wrap(d.train_x, d.train_y, m.train) for m in self.megabatches],
-            valid=[wrap(d.train_x, d.train_y, m.val) for m in self.megabatches],
-            test=[wrap(d.test_x, d.test_y)],
-        )
+        d = self.data
+        idx = np.asarray(idx, dtype=np.int64)
+        ds = _avalanche(_Images(d.train_x, d.train_y, idx, d.mean, d.std))
+        return ds.update_data_attribute("pool_index", DataAttribute(idx.tolist(), "pool_index"))
+
+
+def _avalanche(images: _Images):
+    from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
+
+    # Avalanche 0.6's documented way to give a dataset task labels (its public
+    # as_taskaware_classification_dataset gives none, and LwF then fails)
+    return _make_taskaware_classification_dataset(images, task_labels=0)
 
 
 class _Images(torch.utils.data.Dataset):

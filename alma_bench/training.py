@@ -18,6 +18,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from alma_bench.benchmark import mark_megabatches
 from alma_bench.config import Protocol, RunSpec, Seeds, derive
 from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.sparsity.masks import BUFFER as MASK_SUFFIX
@@ -120,7 +121,7 @@ def build_optimizer(p: Protocol, model: torch.nn.Module) -> torch.optim.Optimize
 class AlmaTemplate(SupervisedTemplate):
     """SupervisedTemplate fed by the ALMA stream's tensors, with the protocol's optimizer."""
 
-    def __init__(self, *, ctx: RunContext, plugins: list):
+    def __init__(self, *, ctx: RunContext, plugins: list, evaluator=None):
         p = ctx.protocol
         core = [ClockPlugin(ctx), LRSchedulePlugin(p), BestValidationPlugin(ctx)]
         super().__init__(
@@ -129,10 +130,14 @@ class AlmaTemplate(SupervisedTemplate):
             train_epochs=p.epochs, eval_mb_size=p.eval_batch_size, device=ctx.device,
             # the guard runs last: no strategy hook may change a mask after selection
             plugins=core + list(plugins) + [SelectionGuard(ctx)],
-            evaluator=_silent_evaluator(),
+            # Avalanche's metrics and loggers only when asked for (alma_bench/avalanche_logs.py)
+            evaluator=evaluator if evaluator is not None else _silent_evaluator(),
             eval_every=-1,
         )
         self.alma = ctx
+        # the stream's experiences say their megabatch's size, as make_benchmark's do: a
+        # pruner's sample is a fraction of it (alma_bench.sparsity.experience)
+        mark_megabatches(ctx.stream)
 
     def make_train_dataloader(self, **kwargs):
         ctx = self.alma
@@ -141,6 +146,15 @@ class AlmaTemplate(SupervisedTemplate):
         self.dataloader = BatchLoader(
             x, y, ctx.protocol.batch_size, ctx.normalize, seed=derive(ctx.seeds.order, t),
             augment=ctx.protocol.augment, padding=ctx.protocol.crop_padding)
+
+    def sample_batches(self, indices: torch.Tensor, seed: int) -> list:
+        """Batches of ``indices`` into the current experience's dataset (a pruner's sample),
+        made as the training batches are: the stream's uint8 images of megabatch t (what its
+        dataset holds, in the same order) normalised on the device, in ``BatchLoader``'s order
+        for ``seed``. Read by sparse plugins when present; the dataset's own per-sample
+        normalisation would differ in the last bits."""
+        x, y = self.alma.stream.train_set(self.experience.current_experience)
+        return self.alma.batches(x[indices], y[indices], seed=seed)
 
     def check_model_and_optimizer(self, **kwargs):
         # Parameters never change identity in ALMA (re-initialisation is in place), so
@@ -208,6 +222,11 @@ def mask_state(model) -> dict[str, torch.Tensor]:
     return {k: b.clone() for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
 
 
+def mask_versions(model) -> tuple[int, ...]:
+    """The version counters of the mask buffers: they move on every in-place write."""
+    return tuple(b._version for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX))
+
+
 def masks_differ(a: dict, b: dict) -> bool:
     """Whether the mask entries of two mappings (``mask_state``s or whole state dicts) differ."""
     a = {k: v for k, v in a.items() if k.endswith(MASK_SUFFIX)}
@@ -272,8 +291,18 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_epoch(self, strategy, **kw):
         self.start_masks = mask_state(strategy.model)
+        self.versions, self.mixed = mask_versions(strategy.model), False
 
     def after_training_iteration(self, strategy, **kw):
+        # Masks that change and come back by the epoch's end (a swap whose regrown zeros are
+        # the next ones pruned) still mean the epoch trained under other masks: compare with
+        # the epoch's start whenever a mask buffer was written (its version moved), so the
+        # check costs a step nothing while no strategy touches the masks.
+        if not self.mixed:
+            versions = mask_versions(strategy.model)
+            if versions != self.versions:
+                self.versions = versions
+                self.mixed = masks_differ(mask_state(strategy.model), self.start_masks)
         # running accuracy on the (augmented) training batches, for APP's per-epoch gap; kept
         # as a device tensor so the hot loop never waits for a host sync
         hits = (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
@@ -291,7 +320,7 @@ class BestValidationPlugin(SupervisedPlugin):
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return
-        if masks_differ(end, self.start_masks):
+        if self.mixed or masks_differ(end, self.start_masks):
             # Trained under masks that changed during the epoch: never a kept epoch (it would
             # report a model pruned after its training), and no early stopping yet.
             self.best, self.bad, self.snapshot = -1.0, 0, None

@@ -3,6 +3,7 @@
 
 from alma_bench.strategies import (  # noqa: F401
     app,
+    avalanche_cl,
     dense,
     dpr,
     gmp,

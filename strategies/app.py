@@ -13,24 +13,41 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from torch import nn
+
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import app_densities, check_density
-from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, prune_now, strategy_masks
+from alma_bench.sparsity.experience import scheduled, stream_length
+from alma_bench.sparsity.plugin import MaskedTraining, check_pruner, mask_layers, prune_now
 
 
 class ProgressivePlugin(MaskedTraining):
-    def __init__(self, ctx, maskset, params: APP):
-        super().__init__(maskset)
-        self.ctx, self.p = ctx, params
-        self.densities = app_densities(ctx.n_megabatches, params.tau, params.base)
+    """APP as a plain Avalanche plugin: before experience t, prune ``strategy.model``
+    (nested) to ``d_t = base ** linspace(1, tau, N)[t]``.
+
+    N is ``n_experiences`` when given, else the length of the experience's stream
+    (``origin_stream``: a slice of a stream keeps the whole stream's schedule). Past N (a
+    stream longer than planned) the schedule is complete and the density holds at its final
+    value. The pruner's sample comes from the experience's dataset; ``seed`` seeds it.
+    """
+
+    def __init__(self, params: APP | None = None, *, seed: int = 0,
+                 model: nn.Module | None = None, n_experiences: int | None = None):
+        params = APP() if params is None else params
+        super().__init__(mask_layers(params), model)
+        self.p, self.seed, self.n_experiences = params, seed, n_experiences
+        self.target = 1.0  # the density of the current experience
 
     def before_training_exp(self, strategy, **kw):
-        t = strategy.experience.current_experience
-        prune_now(self.ctx, self.maskset, self.p.pruner, self.p.scope, self.densities[t], t,
-                  self.p.sample_fraction, strategy.optimizer)
+        exp = strategy.experience
+        n = stream_length(exp, self.n_experiences)
+        self.target = scheduled(app_densities(n, self.p.tau, self.p.base),
+                                exp.current_experience)
+        prune_now(strategy, self.maskset, self.p.pruner, self.p.scope, self.target, self.seed,
+                  self.p.sample_fraction)
 
     def metrics(self) -> dict:
-        return {**super().metrics(), "target_density": self.densities[self.ctx.megabatch]}
+        return {**super().metrics(), "target_density": self.target}
 
 
 @STRATEGIES.register("app")
@@ -79,5 +96,4 @@ class APP:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
 
     def plugins(self, ctx) -> list:
-        ms = strategy_masks(ctx, self)
-        return [ProgressivePlugin(ctx, ms, self)]
+        return [ProgressivePlugin(self, seed=ctx.seeds.strategy, model=ctx.model)]

@@ -18,13 +18,16 @@ of 200, stop at 190) is the default. Rewiring happens only in each megabatch's r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from alma_bench.config import derive
 from alma_bench.registry import STRATEGIES
-from alma_bench.sparsity import check_density
-from alma_bench.sparsity.plugin import RewiringTraining, planned_offsets, strategy_masks
+from alma_bench.sparsity import MaskSet, check_density
+from alma_bench.sparsity.plugin import RewiringTraining, mask_layers
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -39,34 +42,46 @@ from alma_bench.sparsity.rewire import (
 )
 
 
-def dsr_masks(ctx, params):
-    """The mask set of a DSR-style strategy: MaskSet's layer flags plus ``prune_1x1``."""
-    ms = strategy_masks(ctx, params)
+def _dsr_masks(model: nn.Module, params) -> MaskSet:
+    ms = mask_layers(params)(model)
     if not params.prune_1x1:
-        keep_dense(ms, one_by_one_convs(ctx.model, ms.names))
+        keep_dense(ms, one_by_one_convs(model, ms.names))
     return ms
 
 
-def random_structure(ctx, maskset, density: float) -> dict:
+def dsr_layers(params):
+    """The mask set of a DSR-style strategy (MaskSet's layer flags plus ``prune_1x1``), as a
+    function of the model it is made over."""
+    return partial(_dsr_masks, params=params)
+
+
+def random_structure(seed: int, maskset, density: float) -> dict:
     """DSR's initial structure. One seed purpose, so ``static`` with ``structure: random`` and
     the same run seed and layers starts from exactly DPR's initial mask (experiment d)."""
-    g = torch.Generator().manual_seed(derive(ctx.seeds.strategy, "random-structure"))
+    g = torch.Generator().manual_seed(derive(seed, "random-structure"))
     return random_layer_masks(maskset, density, g)
 
 
 class DPRPlugin(RewiringTraining):
-    def __init__(self, ctx, maskset, params: DPR):
-        super().__init__(maskset, planned_offsets(ctx))
-        self.ctx, self.p = ctx, params
+    """DPR as a plain Avalanche plugin. The random structure is set before the first
+    experience it trains; ``seed`` seeds it and the regrowth; ``run_dir`` (the harness's)
+    receives the initial state and the final masks for static retraining."""
+
+    def __init__(self, params: DPR | None = None, *, seed: int = 0,
+                 model: nn.Module | None = None, run_dir: Path | None = None):
+        params = DPR() if params is None else params
+        super().__init__(dsr_layers(params), model)
+        self.p, self.seed, self.run_dir = params, seed, run_dir
         self.threshold = params.threshold  # H
         self.since = 0  # window steps since the last reallocation, across megabatches
         self.reallocated = self.rewires = 0
+        self.started = False
 
     def position(self) -> float:
         """Fraction of the stream's planned steps done (steps taken in this megabatch)."""
         # the clock gmp and prune-regrow use, so every fraction of the stream is reached
         # (stop=0.85 stops at 85% of the plan)
-        return self.planned_step() / max(1, self.offsets[-1])
+        return self.planned_step() / max(1, self.planned_total)
 
     def period(self, position: float) -> int:
         return [p for start, p in self.p.rewire_schedule if start <= position][-1]
@@ -74,12 +89,13 @@ class DPRPlugin(RewiringTraining):
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
         self.reallocated = self.rewires = 0
-        if self.t == 0:
+        if not self.started:  # experience 0, or the first of a slice of a stream
+            self.started = True
             # the initialisation static retraining can rewind to (experiment c); a resumed
             # attempt keeps the first one's file (the same bits anyway: the init is seeded)
-            save_artifact(self.ctx, INITIAL_STATE, initial_state(strategy.model),
+            save_artifact(self.run_dir, INITIAL_STATE, initial_state(strategy.model),
                           overwrite=False)
-            self.maskset.update(random_structure(self.ctx, self.maskset, self.p.density),
+            self.maskset.update(random_structure(self.seed, self.maskset, self.p.density),
                                 strategy.optimizer)
 
     def rewire(self, strategy) -> None:
@@ -90,8 +106,7 @@ class DPRPlugin(RewiringTraining):
         if self.since < self.period(position):
             return
         self.since = 0
-        g = torch.Generator().manual_seed(
-            derive(self.ctx.seeds.strategy, "dpr", self.t, self.exp_step))
+        g = torch.Generator().manual_seed(derive(self.seed, "dpr", self.t, self.exp_step))
         k, _ = reallocate(self.maskset, self.threshold, g, strategy.optimizer)
         self.threshold = adjust_threshold(self.threshold, k, self.p.n_prune, self.p.delta)
         self.reallocated += k
@@ -99,8 +114,8 @@ class DPRPlugin(RewiringTraining):
 
     def after_training_exp(self, strategy, **kw):
         # the masks are final here (the window closed before the last epoch)
-        if self.t == self.ctx.n_megabatches - 1:
-            save_artifact(self.ctx, FINAL_MASKS, final_masks(self.maskset))
+        if self.last_experience():
+            save_artifact(self.run_dir, FINAL_MASKS, final_masks(self.maskset))
 
     def metrics(self) -> dict:
         return {**super().metrics(), "threshold": self.threshold,
@@ -108,10 +123,12 @@ class DPRPlugin(RewiringTraining):
                 "rewire_period": self.period(self.position())}
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "since": self.since}
+        return {"threshold": self.threshold, "since": self.since, "started": self.started}
 
     def load_state_dict(self, state: dict) -> None:
         self.threshold, self.since = float(state["threshold"]), int(state["since"])
+        # a checkpoint from before "started" was saved is one of a run that had started
+        self.started = bool(state.get("started", True))
 
 
 @STRATEGIES.register("dpr")
@@ -159,4 +176,4 @@ class DPR:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
 
     def plugins(self, ctx) -> list:
-        return [DPRPlugin(ctx, dsr_masks(ctx, self), self)]
+        return [DPRPlugin(self, seed=ctx.seeds.strategy, model=ctx.model, run_dir=ctx.run_dir)]

@@ -16,24 +16,33 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from torch import nn
+
 from alma_bench.registry import SCHEDULES, STRATEGIES
 from alma_bench.sparsity import app_densities, check_density, progress
-from alma_bench.sparsity.plugin import (
-    RewiringTraining,
-    planned_offsets,
-    prune_now,
-    strategy_masks,
-)
+from alma_bench.sparsity.plugin import RewiringTraining, mask_layers, prune_now
 
 APP_FINAL = app_densities(8)[-1]  # 0.8 ** 4.5: the final density of APP and OSP
 
 
 class GradualPlugin(RewiringTraining):
-    def __init__(self, ctx, maskset, params: GMP):
-        super().__init__(maskset, planned_offsets(ctx))
-        self.ctx, self.p = ctx, params
-        self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
+    """GMP as a plain Avalanche plugin: the schedule runs over the planned optimizer steps of
+    the experience's stream (its experiences' sizes, the strategy's epochs and mini-batch
+    size); past the plan it holds the final density."""
+
+    def __init__(self, params: GMP | None = None, *, model: nn.Module | None = None):
+        params = GMP() if params is None else params
+        super().__init__(mask_layers(params), model)
+        self.p = params
         self.schedule = SCHEDULES.create(params.schedule)
+
+    @property
+    def s0(self) -> float:
+        return self.p.begin * self.planned_total
+
+    @property
+    def s1(self) -> float:
+        return self.p.end * self.planned_total
 
     def target(self, step: float) -> float:
         return self.schedule.density(progress(step, self.s0, self.s1), self.p.initial_density,
@@ -55,12 +64,12 @@ class GradualPlugin(RewiringTraining):
 
     def end_target(self) -> float:
         """The density due at the planned end of the current megabatch."""
-        return self.target(self.offsets[self.t + 1])
+        return self.target(self.planned_end())
 
     def _shrink_to(self, d: float, strategy) -> None:
         if round(d * self.maskset.numel()) < self.maskset.kept():
-            prune_now(self.ctx, self.maskset, "magnitude", self.p.scope, d, self.t, 0.0,
-                      strategy.optimizer)
+            # magnitude needs no data and no random draw: the seed is never read
+            prune_now(strategy, self.maskset, "magnitude", self.p.scope, d, seed=0)
 
     def metrics(self) -> dict:
         return {**super().metrics(), "target_density": self.end_target()}
@@ -98,5 +107,4 @@ class GMP:
                              f"Valid: {', '.join(SCHEDULES.names())}")
 
     def plugins(self, ctx) -> list:
-        ms = strategy_masks(ctx, self)
-        return [GradualPlugin(ctx, ms, self)]
+        return [GradualPlugin(self, model=ctx.model)]

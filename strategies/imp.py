@@ -37,15 +37,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, STRATEGIES
 from alma_bench.sparsity import check_density, prune
-from alma_bench.sparsity.plugin import MaskedTraining, strategy_masks
+from alma_bench.sparsity.experience import scheduled, stream_length
+from alma_bench.sparsity.plugin import MaskedTraining, mask_layers
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -61,7 +64,8 @@ class _RoundPlugin(MaskedTraining):
     rewind point (which the first round records)."""
 
     def __init__(self, owner: IMPPlugin):
-        super().__init__(owner.maskset)
+        super().__init__(owner.layers)
+        self.maskset = owner.maskset  # the owner's masks, on the model both train
         self.owner = owner
 
     def after_update(self, strategy, **kw):
@@ -70,28 +74,44 @@ class _RoundPlugin(MaskedTraining):
 
 
 class IMPPlugin(MaskedTraining):
-    """Prunes by magnitude and rewinds before every megabatch after the first."""
+    """Prunes by magnitude and rewinds before every megabatch after the first.
 
-    def __init__(self, ctx, maskset, params: Lottery):
-        super().__init__(maskset)
-        self.ctx, self.p = ctx, params
-        self.densities = params.level_densities(params.levels + ctx.n_megabatches - 1)
+    As a plain Avalanche plugin: one level per experience of the stream (N from its
+    ``origin_stream``; past N the final density holds), ``seed`` for the random pruner's
+    control, ``run_dir`` (the harness's) for the artifacts. The offline rounds (``levels >
+    0``) train through the harness's loop and need its ``ctx``."""
+
+    def __init__(self, params: Lottery | None = None, *, seed: int = 0,
+                 model: nn.Module | None = None, run_dir: Path | None = None, ctx=None):
+        params = IMP() if params is None else params
+        if params.levels > 0 and ctx is None:
+            raise UserError("imp: levels > 0 trains its offline rounds through the alma-bench "
+                            "harness's loop; as a plain Avalanche plugin use levels=0")
+        super().__init__(mask_layers(params), model)
+        self.p, self.seed, self.run_dir, self.ctx = params, seed, run_dir, ctx
+        self.densities = [1.0]  # of levels 0..L, set from the stream's length N
+        self.t = 0  # the current experience
         self.rewind_state: dict | None = None
         self.rewind_at: int | None = None  # the step the rewind point was taken at
         self.steps = 0  # optimizer steps of the first training, until the rewind point
 
     def level(self, t: int | None = None) -> int:
         """The pruning level trained in megabatch t (default: the current one)."""
-        return self.p.levels + (self.ctx.megabatch if t is None else t)
+        return self.p.levels + (self.t if t is None else t)
 
     def before_training_exp(self, strategy, **kw):
-        t = strategy.experience.current_experience
+        t = self.t = strategy.experience.current_experience
+        n = stream_length(strategy.experience)
+        self.densities = self.p.level_densities(self.p.levels + n - 1)
         if t > 0:
+            if self.rewind_state is None:
+                raise UserError(f"imp: experience {t} is the first it trains, but IMP rewinds "
+                                "to weights recorded in experience 0; train from experience 0")
             self.prune_and_rewind(self.level(t), strategy.model, strategy.optimizer)
             return
         # nothing has trained or pruned yet: this is the original initialisation
         init = initial_state(strategy.model)
-        save_artifact(self.ctx, INITIAL_STATE, init)
+        save_artifact(self.run_dir, INITIAL_STATE, init)
         if self.p.rewind_step == 0:
             self.rewind_state, self.rewind_at = init, 0
         for level in range(1, self.p.levels + 1):
@@ -131,8 +151,8 @@ class IMPPlugin(MaskedTraining):
         t = strategy.experience.current_experience
         if t == 0:
             self._fallback_rewind(strategy.model)
-        if t == self.ctx.n_megabatches - 1:
-            save_artifact(self.ctx, FINAL_MASKS, final_masks(self.maskset))
+        if t == stream_length(strategy.experience) - 1:
+            save_artifact(self.run_dir, FINAL_MASKS, final_masks(self.maskset))
 
     def prune_and_rewind(self, level: int, model, optimizer) -> None:
         self.prune(level, model, optimizer)
@@ -146,13 +166,14 @@ class IMPPlugin(MaskedTraining):
         """Global (or per-layer) magnitude pruning of the surviving weights to level's density."""
         # pruner=random is the lottery papers' control: random pruning to the same densities
         pruner = PRUNERS.create(getattr(self.p, "pruner", "magnitude"), scope=self.p.scope)
-        g = torch.Generator().manual_seed(derive(self.ctx.seeds.strategy, "imp-random", level))
-        prune(model, self.maskset, pruner, self.densities[level], generator=g,
+        g = torch.Generator().manual_seed(derive(self.seed, "imp-random", level))
+        prune(model, self.maskset, pruner, scheduled(self.densities, level), generator=g,
               optimizer=optimizer)
 
     def metrics(self) -> dict:
         level = self.level()
-        return {**super().metrics(), "imp_level": level, "target_density": self.densities[level],
+        return {**super().metrics(), "imp_level": level,
+                "target_density": scheduled(self.densities, level),
                 "rewind_step": self.rewind_at}
 
     def state_dict(self) -> dict:
@@ -200,7 +221,8 @@ class Lottery:
         return [(1 - self.prune_fraction) ** lv for lv in range(n_levels + 1)]
 
     def check(self, ctx) -> None:
-        """Checks that need the run (UserErrors)."""
+        """Checks that need the run (UserErrors), before it trains."""
+        self.level_densities(self.levels + ctx.n_megabatches - 1)
         planned = ctx.steps_per_megabatch(0)
         if self.rewind_step > planned:
             raise UserError(f"rewind_step={self.rewind_step} is beyond megabatch 1's "
@@ -224,4 +246,5 @@ class IMP(Lottery):
 
     def plugins(self, ctx) -> list:
         self.check(ctx)
-        return [IMPPlugin(ctx, strategy_masks(ctx, self), self)]
+        return [IMPPlugin(self, seed=ctx.seeds.strategy, model=ctx.model, run_dir=ctx.run_dir,
+                          ctx=ctx)]

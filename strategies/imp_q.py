@@ -50,7 +50,6 @@ from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 from alma_bench.rl.qlearn import EpsilonSchedule, QAgent, QTable
 from alma_bench.sparsity.masks import MaskSet
-from alma_bench.sparsity.plugin import strategy_masks
 from alma_bench.store import atomic_write_text
 from alma_bench.strategies.imp import IMPPlugin, Lottery
 
@@ -176,10 +175,12 @@ def run_episode(agent: QAgent, ms: MaskSet, densities: list[float], val_error, b
 
 
 class QPruningPlugin(IMPPlugin):
-    """IMP with the agent's greedy decisions as the pruning step."""
+    """IMP with the agent's greedy decisions as the pruning step. The agent learns on a
+    train network built from the run's spec: this plugin needs the harness's ctx."""
 
-    def __init__(self, ctx, maskset, params: IMPQ):
-        super().__init__(ctx, maskset, params)
+    def __init__(self, ctx, params: IMPQ):
+        super().__init__(params, seed=ctx.seeds.strategy, model=ctx.model, run_dir=ctx.run_dir,
+                         ctx=ctx)
         self.agent: QAgent | None = None
         self.decisions: list[list] = []  # of the levels pruned before the current megabatch
 
@@ -241,4 +242,4 @@ class IMPQ(Lottery):
 
     def plugins(self, ctx) -> list:
         self.check(ctx)
-        return [QPruningPlugin(ctx, strategy_masks(ctx, self), self)]
+        return [QPruningPlugin(ctx, self)]

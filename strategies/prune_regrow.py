@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
 from alma_bench.sparsity import check_density, progress
-from alma_bench.sparsity.plugin import RewiringTraining, planned_offsets, strategy_masks
+from alma_bench.sparsity.plugin import RewiringTraining, mask_layers
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -38,12 +40,35 @@ from alma_bench.sparsity.rewire import (
 
 
 class PruneRegrowPlugin(RewiringTraining):
-    def __init__(self, ctx, maskset, params: PruneRegrow):
-        super().__init__(maskset, planned_offsets(ctx))
-        self.ctx, self.p = ctx, params
-        self.s0, self.s1 = params.begin * self.offsets[-1], params.end * self.offsets[-1]
+    """Prune-regrow as a plain Avalanche plugin: the schedule runs over the planned
+    optimizer steps of the experience's stream; ``seed`` seeds the regrowth; ``run_dir`` (the
+    harness's) receives the initial state and the final masks."""
+
+    def __init__(self, params: PruneRegrow | None = None, *, seed: int = 0,
+                 model: nn.Module | None = None, run_dir: Path | None = None):
+        params = PruneRegrow() if params is None else params
+        super().__init__(mask_layers(params), model)
+        self.p, self.seed, self.run_dir = params, seed, run_dir
         self.pruner = PRUNERS.create(params.pruner, scope="layer")
-        self.schedules = layer_schedules(params.schedule, maskset.names)
+        self._schedules: tuple[tuple, dict] = ((), {})
+        if self.maskset is not None:  # a schedule mapping that names no layer fails now
+            self.schedules  # noqa: B018
+
+    @property
+    def s0(self) -> float:
+        return self.p.begin * self.planned_total
+
+    @property
+    def s1(self) -> float:
+        return self.p.end * self.planned_total
+
+    @property
+    def schedules(self) -> dict:
+        """Layer name -> schedule, for the layers of the mask set (made once per layer set)."""
+        names = tuple(self.maskset.names)
+        if self._schedules[0] != names:
+            self._schedules = (names, layer_schedules(self.p.schedule, list(names)))
+        return self._schedules[1]
 
     def schedule_progress(self, planned_step: float | None = None) -> float:
         """Schedule progress in [0, 1]: megabatch t's planned span run over its window."""
@@ -63,14 +88,13 @@ class PruneRegrowPlugin(RewiringTraining):
         return self.p.drop_fraction
 
     def update_masks(self, targets: dict[str, float], drop: float, strategy) -> None:
-        g = torch.Generator().manual_seed(
-            derive(self.ctx.seeds.strategy, "prune-regrow", self.t, self.exp_step))
+        g = torch.Generator().manual_seed(derive(self.seed, "prune-regrow", self.t, self.exp_step))
         set_layer_densities(self.maskset, targets, self.pruner, drop, g, strategy.optimizer)
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
         if self.t == 0:
-            save_artifact(self.ctx, INITIAL_STATE, initial_state(strategy.model),
+            save_artifact(self.run_dir, INITIAL_STATE, initial_state(strategy.model),
                           overwrite=False)
         # on schedule before the first step (d_0 itself, e.g. the constant schedule's d_T);
         # no swap here: later megabatches start where the previous window left them
@@ -84,11 +108,11 @@ class PruneRegrowPlugin(RewiringTraining):
             self.update_masks(self.layer_targets(p), self.drop_fraction(p), strategy)
 
     def after_training_exp(self, strategy, **kw):
-        if self.t == self.ctx.n_megabatches - 1:  # masks are final: the window has closed
-            save_artifact(self.ctx, FINAL_MASKS, final_masks(self.maskset))
+        if self.last_experience():  # masks are final: the window has closed
+            save_artifact(self.run_dir, FINAL_MASKS, final_masks(self.maskset))
 
     def metrics(self) -> dict:
-        end = self.layer_targets(self.schedule_progress(self.offsets[self.t + 1]))
+        end = self.layer_targets(self.schedule_progress(self.planned_end()))
         sizes = {n: m.numel() for n, m in self.maskset.masks.items()}
         kept = sum(round(end[n] * sizes[n]) for n in sizes)
         return {**super().metrics(), "target_density": kept / sum(sizes.values()),
@@ -142,4 +166,5 @@ class PruneRegrow:
             raise ValueError(f"need 0 <= begin < end <= 1, got begin={self.begin}, end={self.end}")
 
     def plugins(self, ctx) -> list:
-        return [PruneRegrowPlugin(ctx, strategy_masks(ctx, self), self)]
+        return [PruneRegrowPlugin(self, seed=ctx.seeds.strategy, model=ctx.model,
+                                  run_dir=ctx.run_dir)]

@@ -36,7 +36,6 @@ from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import check_density
-from alma_bench.sparsity.plugin import strategy_masks
 from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
 
 AGENT = "agent.zip"  # an agent trained in the run, under its artifacts/
@@ -53,8 +52,12 @@ def _rl():
 
 
 class RLSchedulePlugin(PruneRegrowPlugin):
-    def __init__(self, ctx, maskset, params: RLSchedule):
-        super().__init__(ctx, maskset, params.prune_regrow())
+    def __init__(self, ctx, params: RLSchedule):
+        # the agent is trained on networks built from the run's spec: this plugin needs the
+        # harness's ctx, unlike prune-regrow's; its masks still live on strategy.model
+        super().__init__(params.prune_regrow(), seed=ctx.seeds.strategy, model=ctx.model,
+                         run_dir=ctx.run_dir)
+        self.ctx = ctx
         self.rl, (self.agent_mod, self.env_mod) = params, _rl()
         self.config = params.env_config(ctx.spec.stream, ctx.spec.model, ctx.spec.protocol)
         if params.agent is not None:  # a wrong agent fails now, not after a megabatch
@@ -64,7 +67,7 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         self.n_decisions = len(self.env_mod.plan(
             [len(mb.train) for mb in ctx.stream.megabatches], p.epochs, p.batch_size,
             params.update_period))
-        self.sizes = {n: m.numel() for n, m in maskset.masks.items()}
+        self.sizes = {n: m.numel() for n, m in self.maskset.masks.items()}
         self.stats = self.env_mod.IntervalStats(len(self.sizes))
         self.policy = None
         self.k, self.obs_t, self.train_s, self.agent_sha = 0, 0, 0.0, None
@@ -187,7 +190,7 @@ class RLSchedule:
     train_fraction: float = 0.5  # share of the training pool the agent trains on
     prune_first: bool = True
     prune_last: bool = False
-    prune_linear: bool = True
+    prune_linear: bool = False  # every conv, no Linear layer, as every pruning strategy
 
     def __post_init__(self):
         check_density(self.density)
@@ -220,4 +223,4 @@ class RLSchedule:
             prune_linear=self.prune_linear)
 
     def plugins(self, ctx) -> list:
-        return [RLSchedulePlugin(ctx, strategy_masks(ctx, self), self)]
+        return [RLSchedulePlugin(ctx, self)]

@@ -16,16 +16,18 @@ best-validation rule over all epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar, Literal
 
 import torch
+from torch import nn
 
 from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import MaskSet, check_density
-from alma_bench.sparsity.plugin import MaskedTraining
+from alma_bench.sparsity.plugin import MaskedTraining, MaskFactory
 from alma_bench.sparsity.rewire import (
     FINAL_MASKS,
     INITIAL_STATE,
@@ -33,44 +35,56 @@ from alma_bench.sparsity.rewire import (
     load_artifact,
     load_weights,
 )
-from alma_bench.strategies.dpr import dsr_masks, random_structure
+from alma_bench.strategies.dpr import dsr_layers, random_structure
 
 
 class StaticPlugin(MaskedTraining):
-    def __init__(self, ctx, maskset, params: Static, masks: dict, initial: dict | None):
-        super().__init__(maskset)
-        self.ctx, self.p, self.masks, self.initial = ctx, params, masks, initial
+    """A fixed mask as a plain Avalanche plugin: before experience 0, load ``initial`` (a
+    state dict without masks, named ``what`` in errors; None keeps the model's weights) into
+    ``strategy.model`` and apply ``masks`` (layer name -> bool mask) over ``layers``."""
+
+    def __init__(self, layers: MaskFactory, masks: dict, initial: dict | None = None, *,
+                 what: str = "static: the initial state", model: nn.Module | None = None):
+        super().__init__(layers, model)
+        self.masks, self.initial, self.what = masks, initial, what
 
     def before_training_exp(self, strategy, **kw):
         if strategy.experience.current_experience != 0:
             return
         if self.initial is not None:  # rewound before the mask, as the source run started
-            load_weights(strategy.model, self.initial,
-                         f"static: {INITIAL_STATE} of structure_from={self.p.structure_from!r}")
-        else:
-            ctx = self.ctx
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive(ctx.seeds.init, "static-init"))
-                fresh = build_model(ctx.spec.model, ctx.stream.input_shape,
-                                    ctx.stream.num_classes)
-            load_weights(strategy.model, fresh.state_dict(), "static: fresh initialisation")
+            load_weights(strategy.model, self.initial, self.what)
         self.maskset.update(self.masks, strategy.optimizer)
 
 
-def source_masks(ctx, params: Static) -> tuple[MaskSet, dict]:
-    """The mask set over exactly the layers the source run masked, and its final masks."""
-    masks = load_artifact(ctx, "structure_from", params.structure_from, FINAL_MASKS, "static")
-    ms = MaskSet(ctx.model, prune_first=True, prune_last=True, prune_linear=True)
+def _source_masks(model: nn.Module, masks: dict, label: str | None) -> MaskSet:
+    ms = MaskSet(model, prune_first=True, prune_last=True, prune_linear=True)
     bad = sorted(set(masks) - set(ms.names))
     if bad:
-        raise UserError(f"static: {FINAL_MASKS} of structure_from={params.structure_from!r} "
+        raise UserError(f"static: {FINAL_MASKS} of structure_from={label!r} "
                         f"masks layers this model lacks: {', '.join(bad)}")
     keep_dense(ms, [n for n in ms.names if n not in masks])
     for name, m in ms.masks.items():
         if masks[name].shape != m.shape or masks[name].dtype != torch.bool:
-            raise UserError(f"static: {FINAL_MASKS} of structure_from={params.structure_from!r}:"
+            raise UserError(f"static: {FINAL_MASKS} of structure_from={label!r}:"
                             f" '{name}' is not a bool mask of shape {tuple(m.shape)}")
-    return ms, masks
+    return ms
+
+
+def source_masks(ctx, params: Static) -> tuple[MaskFactory, dict]:
+    """The mask set over exactly the layers the source run masked (as a function of the
+    model), and its final masks; checked against the run's model now."""
+    masks = load_artifact(ctx, "structure_from", params.structure_from, FINAL_MASKS, "static")
+    layers = partial(_source_masks, masks=masks, label=params.structure_from)
+    layers(ctx.model)
+    return layers, masks
+
+
+def fresh_state(ctx) -> dict:
+    """A fresh initialisation of the run's model, from a seed of its own (module docstring)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive(ctx.seeds.init, "static-init"))
+        fresh = build_model(ctx.spec.model, ctx.stream.input_shape, ctx.stream.num_classes)
+    return fresh.state_dict()
 
 
 @STRATEGIES.register("static")
@@ -103,10 +117,14 @@ class Static:
 
     def plugins(self, ctx) -> list:
         if self.structure == "random":
-            ms = dsr_masks(ctx, self)
-            masks, initial = random_structure(ctx, ms, self.density), None
+            layers = dsr_layers(self)
+            masks = random_structure(ctx.seeds.strategy, layers(ctx.model), self.density)
         else:
-            ms, masks = source_masks(ctx, self)
-            initial = (load_artifact(ctx, "structure_from", self.structure_from, INITIAL_STATE,
-                                     "static") if self.init == "original" else None)
-        return [StaticPlugin(ctx, ms, self, masks, initial)]
+            layers, masks = source_masks(ctx, self)
+        if self.init == "original":
+            initial = load_artifact(ctx, "structure_from", self.structure_from, INITIAL_STATE,
+                                    "static")
+            what = f"static: {INITIAL_STATE} of structure_from={self.structure_from!r}"
+        else:
+            initial, what = fresh_state(ctx), "static: fresh initialisation"
+        return [StaticPlugin(layers, masks, initial, what=what, model=ctx.model)]

@@ -27,7 +27,7 @@ PROTOCOL = {"epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "weight_d
 TINY = EnvConfig(stream={"name": "synthetic", "n_train": 120, "n_test": 8, "classes": 3,
                          "channels": 1, "size": 8, "megabatches": 2, "val_fraction": 0.2},
                  model={"name": "mlp", "hidden": [8]}, protocol=PROTOCOL, density=0.2,
-                 update_period=2, prune_last=True)
+                 update_period=2, prune_last=True, prune_linear=True)
 # By construction one layer matters: 4 classes read through a 4 x 4 output layer (16 weights)
 # after a 256-weight input layer, at 20% density overall. A sparse output layer cannot tell
 # the classes apart; keeping it dense costs the input layer little. One decision per window.
@@ -35,7 +35,7 @@ CRITICAL_OUT = EnvConfig(
     stream={"name": "synthetic", "n_train": 200, "n_test": 8, "classes": 4, "channels": 1,
             "size": 8, "megabatches": 1, "val_fraction": 0.3},
     model={"name": "mlp", "hidden": [4]}, protocol={**PROTOCOL, "batch_size": 32},
-    density=0.2, update_period=100, prune_last=True)
+    density=0.2, update_period=100, prune_last=True, prune_linear=True)
 
 
 def _episode(env, actions, seed):

@@ -92,6 +92,32 @@ def test_avalanche_benchmark_matches_tensors():
     assert len(bench.test_stream[0].dataset) == 30
 
 
+def test_benchmark_has_task_labels_so_avalanches_lwf_trains_on_it():
+    from avalanche.training import LwF
+
+    from alma_bench.models import build_model
+
+    data = STREAMS.create("synthetic", n_train=120, n_test=30, classes=3, size=8).load()
+    stream = build_stream(data, AlmaSplit(megabatches=3), seed=0)
+    bench = stream.benchmark
+    for t, exp in enumerate(bench.train_stream):
+        assert exp.task_label == 0 and exp.dataset.targets_task_labels.uniques == {0}
+        x, y, task = exp.dataset[1]  # (x, y, 0): the samples and their order are unchanged
+        assert task == 0 and int(y) == int(stream.train_set(t)[1][1])
+        assert list(exp.dataset.pool_index) == stream.megabatches[t].train.tolist()
+    assert bench.test_stream[0].dataset[0][2] == 0
+    # a replay buffer is rebuilt from the pool indices it records
+    again = stream.dataset(stream.megabatches[1].train[[4, 2]])
+    assert torch.equal(again[0][0], bench.train_stream[1].dataset[4][0])
+    model = build_model({"name": "small-cnn", "width": 4}, stream.input_shape, 3)
+    lwf = LwF(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+              criterion=torch.nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0,
+              train_mb_size=32, train_epochs=1, evaluator=None)
+    for exp in bench.train_stream[:2]:  # LwF reads targets_task_labels after each one
+        lwf.train(exp)
+    assert lwf.clock.train_exp_counter == 2
+
+
 def test_digits_is_embedded():
     d = STREAMS.create("digits").load()
     assert d.train_x.dtype == torch.uint8 and d.input_shape == (1, 8, 8)

@@ -34,18 +34,35 @@ def _suite(tmp_path, strategies, protocol=None, **stream):
 def test_reported_model_is_the_kept_epoch_under_its_masks(tmp_path, monkeypatch, name):
     """For every strategy: the checkpointed (reported) model's masks are those its kept epoch
     ran under from its first step to its last, and the row's val_acc is that epoch's."""
-    epochs: list[tuple[dict, dict]] = []  # (masks at epoch start, masks at epoch end)
+    _check_kept_epochs(tmp_path, monkeypatch, {"name": name}, name)
+
+
+def test_masks_that_change_and_come_back_within_an_epoch_disqualify_it(tmp_path, monkeypatch):
+    """A constant schedule at high density swaps weights every 2 steps, and the regrown zeros
+    are the next ones pruned: an epoch's masks go A, B, A. Such an epoch trained under B too,
+    so it is never the kept one (found by review: start and end alone looked equal)."""
+    strategy = {"name": "prune-regrow", "params": {"density": 0.77, "schedule": "constant",
+                                                   "update_period": 2, "drop_fraction": 0.3}}
+    _check_kept_epochs(tmp_path, monkeypatch, strategy, "ping-pong", batch_size=18,
+                       lr=0.01, noise=150)
+
+
+def _check_kept_epochs(tmp_path, monkeypatch, strategy: dict, name: str, batch_size=None,
+                       lr=None, noise=None):
+    """Run ``strategy`` on the tiny stream (3 megabatches, 3 epochs) and assert that every
+    megabatch's checkpointed model has the masks its kept epoch ran under at every step."""
+    epochs: list[list[dict]] = []  # per epoch: the masks at its start and after every step
     kept: list[dict] = []
     start_of = BestValidationPlugin.before_training_epoch
-    end_of = BestValidationPlugin.after_training_epoch
+    step_of = BestValidationPlugin.after_training_iteration
 
     def before(self, strategy, **kw):
-        epochs.append((mask_state(strategy.model), None))
+        epochs.append([mask_state(strategy.model)])
         return start_of(self, strategy, **kw)
 
-    def after(self, strategy, **kw):
-        epochs[-1] = (epochs[-1][0], mask_state(strategy.model))
-        return end_of(self, strategy, **kw)
+    def step(self, strategy, **kw):
+        epochs[-1].append(mask_state(strategy.model))
+        return step_of(self, strategy, **kw)
 
     commit = RunDir.commit
 
@@ -54,9 +71,11 @@ def test_reported_model_is_the_kept_epoch_under_its_masks(tmp_path, monkeypatch,
         return commit(self, state, *args, **kw)
 
     monkeypatch.setattr(BestValidationPlugin, "before_training_epoch", before)
-    monkeypatch.setattr(BestValidationPlugin, "after_training_epoch", after)
+    monkeypatch.setattr(BestValidationPlugin, "after_training_iteration", step)
     monkeypatch.setattr(RunDir, "commit", spy_commit)
-    suite = _suite(tmp_path, [{"name": name}], megabatches=3)
+    protocol = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    stream = {"megabatches": 3, **({"noise": noise} if noise is not None else {})}
+    suite = _suite(tmp_path, [strategy], protocol, **stream)
     assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet",
                  "--workers", "1"]) == 0
     (run,) = (tmp_path / "o" / "tiny").iterdir()
@@ -64,10 +83,10 @@ def test_reported_model_is_the_kept_epoch_under_its_masks(tmp_path, monkeypatch,
     first = 0
     for row, masks in zip(rows, kept, strict=True):
         k = row["best_epoch"] - 1
-        start, end = epochs[first + k]
-        for key, m in masks.items():
-            # state_dict keys have the module prefix, mask_state uses named_buffers: the same
-            assert torch.equal(m, end[key]) and torch.equal(m, start[key]), (name, row)
+        for during in epochs[first + k]:
+            for key, m in masks.items():
+                # state_dict keys have the module prefix, mask_state uses named_buffers: same
+                assert torch.equal(m, during[key]), (name, row)
         assert row["val_acc"] == row["epoch_val_acc"][k]
         first += row["epochs_trained"]
     assert first == len(epochs)

@@ -77,7 +77,7 @@ class EnvConfig:
     reward: Literal["terminal", "delta"] = "terminal"
     prune_first: bool = True
     prune_last: bool = False
-    prune_linear: bool = True
+    prune_linear: bool = False  # every conv, no Linear layer, as every pruning strategy
 
     def __post_init__(self):
         if not 0 < self.min_density <= self.density <= 1:

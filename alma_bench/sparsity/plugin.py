@@ -1,28 +1,63 @@
-"""The Avalanche plugin every sparse strategy builds on: masks held through training.
+"""The Avalanche plugins every sparse strategy builds on: masks held through training.
 
 After every backward pass the gradients of masked weights are zeroed; after every optimizer
 step the masked weights are zeroed again (weight decay and momentum would move them). Mask
 changes themselves go through ``MaskSet.update``/``prune_to``, which zero the optimizer state
 where a mask changed.
+
+These are plain Avalanche plugins: the masks live on ``strategy.model``, the model the
+strategy trains, whatever model the plugin was built with; everything else is read from the
+strategy at hook time (:mod:`alma_bench.sparsity.experience`) or is the plugin's own
+parameter (its seed). The harness hands over its model when it builds a plugin only so the
+mask buffers exist before a checkpoint is loaded into it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
+from torch import nn
 
 from alma_bench.config import derive
 from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.registry import PRUNERS
+from alma_bench.sparsity.experience import (
+    experience_sample,
+    planned_offsets,
+    sample_indices,
+)
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.pruners import prune
 
+#: Makes the mask set of a strategy's layer choice over a given model.
+MaskFactory = Callable[[nn.Module], MaskSet]
+
 
 class MaskedTraining(SupervisedPlugin):
-    """Holds ``maskset`` through every update. Subclasses change masks at hook points."""
+    """Holds the masks of ``layers(strategy.model)`` through every update. Subclasses change
+    masks at hook points, through :attr:`maskset`.
 
-    def __init__(self, maskset: MaskSet):
+    ``layers`` makes the mask set over a model (which layers are prunable); ``model``, when
+    given, gets its mask buffers now (the harness loads a checkpoint into it before training).
+    At every ``train`` call the mask set is bound to the strategy's own model, so a plugin
+    built with a copy of the model prunes the model that is trained.
+    """
+
+    def __init__(self, layers: MaskFactory, model: nn.Module | None = None):
         super().__init__()
-        self.maskset = maskset
+        self.layers = layers
+        self.maskset: MaskSet | None = layers(model) if model is not None else None
+
+    def bind(self, model: nn.Module) -> MaskSet:
+        """The mask set over ``model``, made on first use (or when the model is another)."""
+        if self.maskset is None or self.maskset.model is not model:
+            self.maskset = self.layers(model)
+        return self.maskset
+
+    def before_training(self, strategy, **kw):
+        self.bind(strategy.model)
 
     def after_backward(self, strategy, **kw):
         self.maskset.mask_grads()
@@ -40,13 +75,6 @@ def rewiring_window(per_epoch: int, epochs: int) -> int:
     return per_epoch * (epochs - 1) if epochs > 1 else per_epoch // 2
 
 
-def planned_offsets(ctx) -> list[int]:
-    """The planned optimizer step at which each megabatch starts (no early stopping); the last
-    entry is the stream's planned total. Schedules keyed to the stream use this clock."""
-    planned = [ctx.steps_per_megabatch(t) for t in range(ctx.n_megabatches)]
-    return [sum(planned[:t]) for t in range(len(planned) + 1)]
-
-
 class RewiringTraining(MaskedTraining):
     """Base of every strategy whose masks change *inside* a megabatch (GMP, DPR, prune-regrow,
     learned schedules): it owns the harness's selection rule, so subclasses get it for free.
@@ -61,28 +89,46 @@ class RewiringTraining(MaskedTraining):
     Subclasses implement :meth:`rewire`, called after every optimizer step inside the window
     (the step is already counted in :attr:`exp_step`); :meth:`window_progress` says how far the
     window is done, so a schedule can reach the megabatch's target at the window's last step.
-    Only the Avalanche strategy is read (its epochs and data loader), no harness object.
+    Only the Avalanche strategy is read (its epochs, mini-batch size and data loader, the
+    experience's stream for the plan), no harness object.
     """
 
-    def __init__(self, maskset: MaskSet, offsets: list[int] | None = None):
-        super().__init__(maskset)
+    def __init__(self, layers: MaskFactory, model: nn.Module | None = None):
+        super().__init__(layers, model)
         self.exp_step = 0  # optimizer steps taken in the current megabatch
         self.window = 1  # planned steps of the current megabatch's rewiring window
         self.t = 0  # the current megabatch (0-based)
-        # planned step at which each megabatch starts (see planned_offsets), for planned_step
-        self.offsets = offsets
+        # planned step at which each megabatch starts (planned_offsets), for planned_step
+        self.offsets: list[int] = [0, 0]
 
     def before_training_exp(self, strategy, **kw):
         self.exp_step = 0
         self.t = strategy.experience.current_experience
         self.window = rewiring_window(len(strategy.dataloader), int(strategy.train_epochs))
+        self.offsets = planned_offsets(strategy)
+
+    @property
+    def planned_total(self) -> int:
+        """The stream's planned optimizer steps."""
+        return self.offsets[-1]
 
     def planned_step(self) -> float:
         """Position on the stream's planned optimizer steps: megabatch t's planned span run
         over its rewiring window, so a schedule keyed to the stream's plan reaches the density
-        due at the megabatch's planned end at the window's last step (needs ``offsets``)."""
+        due at the megabatch's planned end at the window's last step. Past the plan (an
+        experience beyond the stream the plan was made for) it is the plan's end."""
+        if self.t + 1 >= len(self.offsets):
+            return float(self.planned_total)
         span = self.offsets[self.t + 1] - self.offsets[self.t]
         return self.offsets[self.t] + span * self.window_progress()
+
+    def planned_end(self) -> int:
+        """The planned step at which the current megabatch ends."""
+        return self.offsets[min(self.t + 1, len(self.offsets) - 1)]
+
+    def last_experience(self) -> bool:
+        """Whether the current megabatch is the last one of the stream's plan."""
+        return self.t >= len(self.offsets) - 2
 
     def after_update(self, strategy, **kw):
         super().after_update(strategy, **kw)
@@ -107,32 +153,40 @@ class RewiringTraining(MaskedTraining):
         return not self.window_open()
 
 
-def strategy_masks(ctx, params) -> MaskSet:
-    """The mask set over ``ctx.model`` with the layer choice of a strategy's parameters
-    (``prune_first``, ``prune_last``, ``prune_linear``)."""
-    return MaskSet(ctx.model, prune_first=params.prune_first, prune_last=params.prune_last,
+def _layer_masks(model: nn.Module, prune_first: bool, prune_last: bool,
+                 prune_linear: bool) -> MaskSet:
+    return MaskSet(model, prune_first=prune_first, prune_last=prune_last,
+                   prune_linear=prune_linear)
+
+
+def mask_layers(params) -> MaskFactory:
+    """The mask set of a strategy's layer choice (``prune_first``, ``prune_last``,
+    ``prune_linear``), as a function of the model it is made over."""
+    return partial(_layer_masks, prune_first=params.prune_first, prune_last=params.prune_last,
                    prune_linear=params.prune_linear)
 
 
 def pruner_sample(ctx, t: int, fraction: float, purpose: str = "prune-sample"):
-    """A seeded sample of ``fraction x |M_t|`` examples (|M_t|: the megabatch's size before its
-    validation split, not the replay set's) drawn from the replay-inclusive training set of
-    megabatch t, as batches."""
+    """The harness's form of :func:`~alma_bench.sparsity.experience.experience_sample`: the
+    same seeded sample of ``fraction x |M_t|`` examples of megabatch t's replay-inclusive
+    training set, read from the run's stream directly."""
     x, y = ctx.stream.train_set(t)
-    k = max(1, min(len(y), int(round(fraction * ctx.stream.megabatches[t].size))))
-    g = torch.Generator().manual_seed(derive(ctx.seeds.strategy, purpose, t))
-    idx = torch.randperm(len(y), generator=g)[:k]
+    idx = sample_indices(len(y), ctx.stream.megabatches[t].size, fraction,
+                         derive(ctx.seeds.strategy, purpose, t))
     return ctx.batches(x[idx], y[idx], seed=derive(ctx.seeds.strategy, purpose + "-order", t))
 
 
-def prune_now(ctx, maskset: MaskSet, pruner_name: str, scope: str, density: float, t: int,
-              sample_fraction: float, optimizer=None):
-    """Score with the named pruner (on a sample of megabatch t if it needs data) and prune
-    ``maskset`` (nested) to ``density``."""
+def prune_now(strategy, maskset: MaskSet, pruner_name: str, scope: str, density: float,
+              seed: int, sample_fraction: float = 0.2):
+    """Score with the named pruner (on a sample of the current experience if it needs data)
+    and prune ``maskset`` (nested) to ``density``; optimizer state follows the masks."""
+    t = strategy.experience.current_experience
     pruner = PRUNERS.create(pruner_name, scope=scope)
-    batches = pruner_sample(ctx, t, sample_fraction) if pruner_name == "snip" else None
-    g = torch.Generator().manual_seed(derive(ctx.seeds.strategy, "prune", t))
-    return prune(ctx.model, maskset, pruner, density, batches, generator=g, optimizer=optimizer)
+    batches = (experience_sample(strategy, sample_fraction, seed) if pruner_name == "snip"
+               else None)
+    g = torch.Generator().manual_seed(derive(seed, "prune", t))
+    return prune(strategy.model, maskset, pruner, density, batches, generator=g,
+                 optimizer=strategy.optimizer)
 
 
 def check_pruner(name: str) -> None:

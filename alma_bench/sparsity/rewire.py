@@ -181,12 +181,13 @@ def keep_dense(maskset: MaskSet, names: Iterable[str]) -> None:
                         "kept dense")
 
 
-def save_artifact(ctx, name: str, obj, overwrite: bool = True) -> Path | None:
-    """Save ``obj`` as ``run_dir/artifacts/name`` (atomically); nothing when the run has no
-    folder. ``overwrite=False`` keeps a file a previous (interrupted) attempt saved."""
-    if getattr(ctx, "run_dir", None) is None:
+def save_artifact(run_dir: Path | None, name: str, obj, overwrite: bool = True) -> Path | None:
+    """Save ``obj`` as ``run_dir/artifacts/name`` (atomically); nothing without a run folder
+    (a plugin outside the harness). ``overwrite=False`` keeps a file a previous (interrupted)
+    attempt saved."""
+    if run_dir is None:
         return None
-    path = Path(ctx.run_dir) / "artifacts" / name
+    path = Path(run_dir) / "artifacts" / name
     if overwrite or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, obj)
