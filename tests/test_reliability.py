@@ -80,10 +80,14 @@ def interrupt_at_status_write(monkeypatch, args, n: int) -> int:
         return real(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "replace", replace)
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell starts background
+    # jobs with SIGINT ignored, and then the signal would never arrive
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return main([str(a) for a in args])
     finally:
         monkeypatch.setattr(os, "replace", real)
+        signal.signal(signal.SIGINT, old)
 
 
 # --- two runners on one results folder ------------------------------------------------------
