@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-slow lint reports perf clean report-quickstart \
 	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules \
-	report-lottery
+	report-lottery report-alma-cl
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +33,7 @@ REPORT = $(BIN)/alma-bench report
 RUN = $(BIN)/alma-bench run
 DENSITIES = [0.1,0.2,0.3663573774335656]
 reports: report-quickstart report-app-density report-app-long \
-	report-dpr-trainability report-sparsity-schedules report-lottery
+	report-dpr-trainability report-sparsity-schedules report-lottery report-alma-cl
 
 report-quickstart: $(STAMP)
 	$(RUN) quickstart --quiet
@@ -79,6 +79,19 @@ report-lottery: $(STAMP)
 	$(RUN) lottery --scale quick --quiet
 	$(REPORT) results/lottery-quick --out reports/lottery \
 	  --command "make reports: alma-bench run lottery --scale quick && alma-bench report results/lottery-quick"
+	printf '\n## Does the rewound ticket beat the re-initialised ticket and random pruning?\n\nPaired over the 3 shared seeds, 95%% t-intervals (`alma-bench compare results/lottery-quick --baseline imp`; a negative difference: worse than the rewound ticket):\n\n```\n' >> reports/lottery/README.md
+	$(BIN)/alma-bench compare results/lottery-quick --baseline imp --metric final_test_acc cer \
+	  | grep -E " vs imp" >> reports/lottery/README.md
+	printf '```\n' >> reports/lottery/README.md
+
+report-alma-cl: $(STAMP)
+	$(RUN) alma-cl --scale quick --quiet
+	$(REPORT) results/alma-cl-quick --out reports/alma-cl \
+	  --command "make reports: alma-bench run alma-cl --scale quick && alma-bench report results/alma-cl-quick"
+	printf '\n## Does a continual-learning method beat the dense warm start?\n\nPaired over the 3 shared seeds, 95%% t-intervals (`alma-bench compare results/alma-cl-quick --baseline dense`):\n\n```\n' >> reports/alma-cl/README.md
+	$(BIN)/alma-bench compare results/alma-cl-quick --baseline dense --metric final_test_acc cer \
+	  | grep -E " vs dense" >> reports/alma-cl/README.md
+	printf '```\n' >> reports/alma-cl/README.md
 
 perf: $(STAMP)
 	$(BIN)/alma-bench perf --json reports/perf.json

@@ -4,6 +4,8 @@ duplicates. No training: rows are written as the runner writes them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
@@ -104,6 +106,10 @@ def test_resume_relogs_rows_and_hides_the_killed_process_events(tmp_path):
     for t in (1, 2, 3):
         first.log_row(_row(t, 0))
     first.close()
+    # A resumed run is a later process: its event file's name holds a later second. In one
+    # second of one process the names differ only by a session-wide counter, which sorts as
+    # text ("10" before "9"), so without the wait this test depends on the writers before it.
+    time.sleep(1.1)
     rows = [_row(t, 0) for t in (1, 2)]
     with TensorBoardSink(tmp_path, "s", "dense", 0, run_id="r", rows=rows) as sink:
         for t in (3, 4):
