@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         # cores; passive waiting costs nothing alone (reports/perf.md). libgomp reads this
         # once, when torch loads, and worker processes inherit it.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from alma_bench.memory import tune_malloc
+
+    tune_malloc()  # before any tensor: no page-fault storm in evaluation (alma_bench/memory.py)
     parser = _parser()
     args = parser.parse_args(argv)
     # Warnings (e.g. a third-party UserWarning at import, or one raised inside a run, which
@@ -103,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--plugin", action="append", metavar="FILE", help="load a plugin file")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     r.add_argument("--workers", type=int, default=None,
-                   help="parallel runs in a process pool (default: cores / --threads, at most "
+                   help="parallel runs in a process pool (default: cores / threads, at most "
                         "one per run)")
     r.add_argument("--executor", choices=("local", "ray"), default="local")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
@@ -114,9 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-wait", dest="wait", action="store_false",
                    help="skip runs another alma-bench process is training instead of waiting "
                         "for them")
-    r.add_argument("--threads", type=int, default=1,
-                   help="torch threads per run (default 1). Part of each run's identity: CPU "
-                        "kernels split their sums by thread count, so numbers differ with it")
+    r.add_argument("--threads", type=_threads, default="auto", metavar="N|auto",
+                   help="torch threads per run. auto (default): cores // runs when the "
+                        "invocation has fewer runs than cores, else 1 (1 under Ray). Part of "
+                        "each run's identity: CPU kernels split their sums by thread count, so "
+                        "numbers differ with it")
     r.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     r.add_argument("--tensorboard", metavar="DIR",
                    help="TensorBoard logs, one directory per run (DIR/suite/label/seedN)")
@@ -212,8 +217,21 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise UserError(f"{what} must be comma-separated integers, got '{text}'") from None
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got '{text}'")
+    return n
+
+
 def cmd_run(args) -> int:
-    from alma_bench.plan import plan
+    from alma_bench.plan import choose_threads, plan
     from alma_bench.store import RunDir
 
     if args.workers is not None and args.workers < 1:
@@ -221,8 +239,12 @@ def cmd_run(args) -> int:
     if args.ray_gpus is not None and args.ray_gpus < 0:
         raise UserError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
     strategies = args.strategies.split(",") if args.strategies else None
+    ray_auto = args.executor == "ray" and args.threads == "auto"  # a Ray task: 1 CPU each
     suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
-                 threads=args.threads)
+                 threads=1 if ray_auto else args.threads)
+    threads, why = choose_threads(1 if ray_auto else args.threads, len(suite.runs))
+    why = "auto: one CPU per Ray task" if ray_auto else why
+    args.threads = threads  # resolved: the pool is sized by it (_execute)
     out = Path(args.out)
     states = {s.run_id: RunDir(out, s.results_name, s.run_id).inspect()[0] for s in suite.runs}
     todo = [s for s in suite.runs if states[s.run_id] != "done"]
@@ -238,12 +260,15 @@ def cmd_run(args) -> int:
             deps = f" after {','.join(spec.deps.values())}" if spec.deps else ""
             print(f"{spec.run_id}  {spec.label:16s} seed={spec.seed}  {state}{deps}  "
                   f"strategy={spec.strategy}")
-        workers = _workers(args.workers, len(todo), args.threads)
         print(f"{len(suite.runs)} runs of suite '{suite.name}'"
               + (f" (scale {suite.scale})" if suite.scale else "")
-              + f": {len(suite.runs) - len(todo)} done, {len(todo)} would train on {dev}, "
-              f"{workers} worker(s) x {args.threads} torch thread(s); results in "
-              f"{out / suite.results_name}")
+              + f": {len(suite.runs) - len(todo)} done, {len(todo)} would train on {dev}; "
+              f"results in {out / suite.results_name}")
+        workers = _workers(args.workers, len(todo), threads)
+        where = ("as Ray tasks" if args.executor == "ray" else "1 worker (this process)"
+                 if workers == 1 else f"{workers} workers")
+        print(f"{threads} torch thread{'s' if threads != 1 else ''} per run ({why}); "
+              f"{where}")
         if suite.runs:
             r = suite.runs[0]
             print("resolved: " + json.dumps({"stream": r.stream, "model": r.model,
@@ -379,7 +404,7 @@ def _execute(todo, args, out):
 def _workers(requested: int | None, n_runs: int, threads: int = 1) -> int:
     """Small models train faster as parallel one-thread runs than as one multi-thread run
     (measured: see reports/perf.md), so a grid uses every core by default: cores / threads
-    workers, at most one per run."""
+    workers (``threads`` resolved, never ``auto``), at most one per run left to train."""
     import os
 
     if requested is not None:

@@ -53,6 +53,9 @@ class Protocol:
     augment: bool = False  # random crop (padding) + horizontal flip, on batched tensors
     crop_padding: int = 4
     eval_batch_size: int = 1024
+    # the generalisation gap's train accuracy on a fixed seeded sample of this many images of
+    # the megabatch's training set; null: the whole set, as ALGORITHMS.md defines it
+    train_eval_sample: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -65,6 +68,9 @@ class Protocol:
             raise ValueError(f"patience must be >= 1 or null, got {self.patience}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.train_eval_sample is not None and self.train_eval_sample < 1:
+            raise ValueError(f"train_eval_sample must be >= 1 or null, got "
+                             f"{self.train_eval_sample}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.momentum < 1:
@@ -106,6 +112,9 @@ def derive(seed: int, purpose: str | int, *more: int) -> int:
 #: a tiny run, so a silent change of numbers fails CI until the pin and this constant move
 #: together.
 CORE_REVISION = 2
+#: Protocol fields added after revision 2, with the value that leaves every number as it was:
+#: they enter a run's identity only when set otherwise, so adding one changed no run id.
+LATER_PROTOCOL_FIELDS = {"train_eval_sample": None}
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,9 @@ class RunSpec:
 
         The core revision, the thread count, the run ids of the runs it depends on, and the
         strategy class's ``revision`` are part of it (revision 1 is left out)."""
-        ident = {"stream": self.stream, "model": self.model, "protocol": self.protocol,
+        protocol = {k: v for k, v in self.protocol.items()
+                    if k not in LATER_PROTOCOL_FIELDS or v != LATER_PROTOCOL_FIELDS[k]}
+        ident = {"stream": self.stream, "model": self.model, "protocol": protocol,
                  "strategy": self.strategy, "seed": self.seed, "threads": self.threads,
                  "core_revision": CORE_REVISION}
         if self.deps:

@@ -59,13 +59,15 @@ def load_average() -> list[float] | None:
 
 # ---------------------------------------------------------------- the bare loop (the limit)
 
-def bare_train(sets, model_fn, *, batch_size: int, epochs: int, lr: float, momentum: float,
-               weight_decay: float, augment: bool, padding: int, mean, std,
+def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: float,
+               momentum: float, weight_decay: float, augment: bool, padding: int, mean, std,
                channels_last: bool, seed: int = 0, compile: bool = False) -> dict:
     """The limit: plain PyTorch over pre-loaded uint8 tensors, the harness's work per step
     (gather a shuffled batch, batched crop+flip, normalise, forward, backward, SGD step) and
     nothing else. ``sets`` is the list of (x, y) trained on per megabatch, so it sees exactly
-    the samples and batch boundaries the harness sees. Only the epoch loops are timed;
+    the samples and batch boundaries the harness sees (``epochs``: per megabatch, or one
+    number for all, e.g. the epochs a run trained before early stopping). Only the epoch
+    loops are timed;
     ``compile`` (torch.compile) is warmed up on one batch first, timed as ``compile_s``."""
     torch.manual_seed(seed)
     model = model_fn()
@@ -93,7 +95,7 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int, lr: float, momen
     for t, (x, y) in enumerate(sets):
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
-        for e in range(epochs):
+        for e in range(epochs[t] if isinstance(epochs, list) else epochs):
             g = torch.Generator().manual_seed(seed * 1_000_003 + 1000 * t + e)
             start = time.perf_counter()
             order = torch.randperm(len(y), generator=g)
@@ -126,6 +128,19 @@ def augment_rate(x: torch.Tensor, batch_size: int, padding: int, seconds: float 
         done += batch_size
         n += 1
     return done / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def bare_eval(model, x: torch.Tensor, batch_size: int, mean, std) -> int:
+    """The limit of an evaluation pass: eval mode, normalise, forward, argmax; nothing else.
+    Returns the number of images (the caller times it)."""
+    c = len(mean)
+    scale = (1.0 / (255.0 * torch.tensor(std))).view(1, c, 1, 1)
+    shift = (torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1)
+    model.eval()
+    for i in range(0, len(x), batch_size):
+        model(torch.addcmul(-shift, x[i : i + batch_size].float(), scale)).argmax(1)
+    return len(x)
 
 
 @torch.no_grad()

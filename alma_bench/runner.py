@@ -75,16 +75,24 @@ def machine_info(device: torch.device) -> dict:
 
 def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             channels_last: bool = False, tensorboard: str | None = None,
-            env: dict | None = None, note=None, avalanche_loggers: str | None = None) -> dict:
+            env: dict | None = None, note=None, avalanche_loggers: str | None = None,
+            timer=None) -> dict:
     """Run (or resume, or skip) one run; returns its summary.
 
     ``env`` is provenance of the invocation (command line, plugin file hashes) recorded in
     config.json; a finished run reused under a different environment says so on stderr.
     ``note`` gets one line when damaged files change where the run resumes (default: stderr).
     ``avalanche_loggers``: a folder for Avalanche's own metrics and loggers
-    (alma_bench/avalanche_logs.py); it changes no number.
+    (alma_bench/avalanche_logs.py); it changes no number. ``timer``: an
+    ``alma_bench.timing.Breakdown`` to fill with where the time goes (``alma-bench perf
+    --run``); it changes no number either.
     """
-    from alma_bench.training import AlmaTemplate, RunContext
+    from alma_bench.memory import tune_malloc
+    from alma_bench.timing import NO_TIMER
+    from alma_bench.training import AlmaTemplate, RunContext, state_versions
+
+    tune_malloc()  # no page-fault storm in evaluation (alma_bench/memory.py); no number moves
+    tm = timer or NO_TIMER
 
     rd = RunDir(out, spec.results_name, spec.run_id)
     if rd.is_done():
@@ -104,8 +112,10 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     seeds = spec.seeds()
     protocol = spec.protocol_obj()
 
-    data = load_data(spec.stream)
-    stream = build_stream(data, spec.split(), seeds.stream, name=spec.stream["name"])
+    with tm.part("data_start"):
+        data = load_data(spec.stream)
+        stream = build_stream(data, spec.split(), seeds.stream, name=spec.stream["name"])
+    tm.start("setup")
     torch.manual_seed(seeds.init)
     model = build_model(spec.model, stream.input_shape, stream.num_classes).to(dev)
     if channels_last:
@@ -113,10 +123,13 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     flops_total, flops_layer = layer_flops(model, stream.input_shape, dev)
     ctx = RunContext(spec, stream, model, protocol, seeds, dev,
                      Normalizer(data.mean, data.std, dev, channels_last),
-                     run_dir=rd.path, deps=deps)
+                     run_dir=rd.path, deps=deps, timer=tm)
     ctx.flop_meter = FlopMeter(model, flops_total, flops_layer)
     strategy = compose.create(spec.strategy["name"], spec.strategy["params"])
     plugins = strategy.plugins(ctx)
+    if timer is not None:
+        for p in plugins:
+            timer.wrap_hooks(p)
     from alma_bench.finite import FiniteLossCheck, check_weights
 
     evaluator = None
@@ -146,18 +159,34 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
                            "machine": machine_info(dev),
                            "provenance": provenance(dev, spec.threads, env)})
     sink = _tensorboard(tensorboard, spec, rows)  # re-logs the rows a resumed run starts with
+    tm.stop("setup")
     experiences = stream.benchmark.train_stream
     for t in range(len(rows), stream.n_megabatches):
         start = time.perf_counter()
         torch.manual_seed(derive(seeds.run, "torch", t))  # dropout and any other global draws
-        template.train(experiences[t])
+        with tm.part("template_train"):
+            template.train(experiences[t])
         check_weights(model, t + 1)  # a diverged run fails instead of reporting NaN
         dens = layer_density(model)
         g_dens = global_density(model, dens)
         eff = effective_flops(flops_total, flops_layer, dens)
-        test_acc, test_err = ctx.accuracy(*stream.test_set())
-        train_acc, _ = ctx.accuracy(*stream.train_set(t))
-        val_acc, _ = ctx.accuracy(*stream.val_set(t))
+        test = stream.test_set()
+        with tm.part("test_pass"):
+            test_acc, test_err = ctx.accuracy(*test)
+        train = train_eval_set(stream, protocol, seeds, t)
+        with tm.part("train_pass"):
+            train_acc, _ = ctx.accuracy(*train)
+        if ctx.kept_val is not None and ctx.kept_val[0] == state_versions(model):
+            val_acc = ctx.kept_val[1]  # the kept epoch's validation scored these very weights
+            tm.count("val_passes_reused", 1)
+        else:
+            val = stream.val_set(t)
+            with tm.part("val_pass"):
+                val_acc, _ = ctx.accuracy(*val)
+            tm.count("final_val_images", len(val[1]))
+        tm.count("test_images", len(test[1]))
+        tm.count("train_images", len(train[1]))
+        tm.start("checkpoint_metrics")
         best = ctx.kept_epoch  # the epoch whose model the megabatch kept
         row = {
             "megabatch": t + 1, "step": ctx.step, "samples_seen": ctx.samples_seen,
@@ -191,6 +220,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         }, rows, stream.n_megabatches)  # checkpoint, then metrics, then status
         if sink:
             sink.log_row(row)
+        tm.stop("checkpoint_metrics")
         if progress:
             progress(t + 1, stream.n_megabatches, row)
     if evaluator is not None:
@@ -201,6 +231,19 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         sink.log_hparams(spec.to_json(), summary)
         sink.close()
     return summary
+
+
+def train_eval_set(stream, protocol, seeds, t: int):
+    """The images the generalisation gap's train accuracy is measured on: megabatch t's whole
+    training set (ALGORITHMS.md), or a fixed seeded sample of ``protocol.train_eval_sample``
+    images of it (the same sample on every resume)."""
+    x, y = stream.train_set(t)
+    k = protocol.train_eval_sample
+    if k is None or k >= len(y):
+        return x, y
+    g = torch.Generator().manual_seed(derive(seeds.run, "train-eval", t))
+    idx = torch.randperm(len(y), generator=g)[:k].sort().values
+    return x[idx], y[idx]
 
 
 def _say(note, spec: RunSpec, line: str) -> None:

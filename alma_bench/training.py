@@ -23,6 +23,7 @@ from alma_bench.config import Protocol, RunSpec, Seeds, derive
 from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.sparsity.masks import BUFFER as MASK_SUFFIX
 from alma_bench.stream import AlmaStream
+from alma_bench.timing import NO_TIMER
 
 
 @dataclass
@@ -56,6 +57,11 @@ class RunContext:
     # it names; see ``depends_on`` in the README's plugin section
     run_dir: Path | None = None
     deps: dict = field(default_factory=dict)
+    # where the run's time goes (alma_bench/timing.py): a no-op unless perf --run asks
+    timer: object = NO_TIMER
+    # the validation accuracy of the kept model and the weight versions it was measured at:
+    # the megabatch's row reuses it while the model is unchanged (no pass computed twice)
+    kept_val: tuple | None = None
 
     @property
     def n_megabatches(self) -> int:
@@ -73,7 +79,7 @@ class RunContext:
                              padding=self.protocol.crop_padding)
         return [(xb, yb) for xb, yb, _ in loader]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def accuracy(self, x, y, model=None) -> tuple[float, int]:
         """(accuracy, error count) of ``model`` (default: the run's) on uint8 images, eval mode."""
         model = model or self.model
@@ -227,6 +233,13 @@ def mask_versions(model) -> tuple[int, ...]:
     return tuple(b._version for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX))
 
 
+def state_versions(model) -> tuple:
+    """Identity and version counter of every parameter and buffer: equal tuples mean no
+    tensor of the model was written in between (optimizer steps, load_state_dict and mask
+    updates all write in place)."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 def masks_differ(a: dict, b: dict) -> bool:
     """Whether the mask entries of two mappings (``mask_state``s or whole state dicts) differ."""
     a = {k: v for k, v in a.items() if k.endswith(MASK_SUFFIX)}
@@ -285,7 +298,7 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
-        self.correct, self.seen = None, 0
+        self.correct, self.seen, self.last_val = None, 0, None
         self.ctx.epoch_log = []
         self.ctx.epoch_end_masks = []
 
@@ -314,7 +327,11 @@ class BestValidationPlugin(SupervisedPlugin):
         # the masks validation sees: the guard checks no later hook of this epoch changes them
         end = mask_state(strategy.model)
         self.ctx.epoch_end_masks.append(end)
-        val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(t))
+        val = self.ctx.stream.val_set(t)
+        with self.ctx.timer.part("validation"):
+            val_acc, _ = self.ctx.accuracy(*val)
+        self.ctx.timer.count("val_images", len(val[1]))
+        self.last_val = (state_versions(strategy.model), val_acc)
         train_acc = int(self.correct) / max(1, self.seen) if self.correct is not None else 0.0
         self.correct, self.seen = None, 0
         self.ctx.epoch_log.append((train_acc, val_acc))
@@ -333,9 +350,10 @@ class BestValidationPlugin(SupervisedPlugin):
             self.best, self.bad, self.best_epoch = val_acc, 0, len(self.ctx.epoch_log) - 1
             if self.ctx.protocol.keep_best:
                 opt = strategy.optimizer
-                self.snapshot = (copy.deepcopy(strategy.model.state_dict()),
-                                 copy.deepcopy(opt.state_dict())
-                                 if self.ctx.protocol.keep_optimizer_state else None)
+                with self.ctx.timer.part("selection"):
+                    self.snapshot = (copy.deepcopy(strategy.model.state_dict()),
+                                     copy.deepcopy(opt.state_dict())
+                                     if self.ctx.protocol.keep_optimizer_state else None)
         else:
             self.bad += 1
             if (self.ctx.protocol.patience and self.bad >= self.ctx.protocol.patience
@@ -344,6 +362,9 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kw):
         self.ctx.kept_epoch = len(self.ctx.epoch_log) - 1
+        # the last epoch's validation, valid for the row while no tensor changes after it
+        self.ctx.kept_val = getattr(self, "last_val", None)
+        self.last_val = None
         if self.snapshot is not None and masks_differ(mask_state(strategy.model),
                                                       self.snapshot[0]):
             # a strategy changed masks after the last epoch ended (it must not; the guard
@@ -352,7 +373,10 @@ class BestValidationPlugin(SupervisedPlugin):
         if self.snapshot is not None:
             self.ctx.kept_epoch = self.best_epoch
             model_state, opt_state = self.snapshot
-            strategy.model.load_state_dict(model_state)
-            if opt_state is not None:  # momentum that belongs to the kept weights
-                strategy.optimizer.load_state_dict(opt_state)
+            with self.ctx.timer.part("selection"):
+                strategy.model.load_state_dict(model_state)
+                if opt_state is not None:  # momentum that belongs to the kept weights
+                    strategy.optimizer.load_state_dict(opt_state)
             self.snapshot = None
+            # the restored weights are the ones the kept epoch's validation scored
+            self.ctx.kept_val = (state_versions(strategy.model), self.best)
