@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -40,6 +41,25 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class SampleView(torch.utils.data.Dataset):
+    """Per-sample view (normalised float) of ``x[idx]`` (all of ``x`` when ``idx`` is None)
+    for Avalanche's own data loaders: what ``AlmaStream.benchmark`` wraps."""
+
+    def __init__(self, x, y, idx, mean, std):
+        self.x, self.y = x, y
+        self.idx = torch.arange(len(y)) if idx is None else torch.from_numpy(np.asarray(idx))
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.targets = y[self.idx]
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        j = int(self.idx[i])
+        return (self.x[j].float() / 255.0 - self.mean) / self.std, int(self.y[j])
 
 
 class Normalizer:

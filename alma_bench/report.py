@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -695,15 +696,46 @@ def _machine() -> str:
     except OSError:
         pass
     cpu = cpu or platform.processor() or platform.machine()
-    try:
-        import torch  # only to name the GPU and version; heavy, so not imported at module load
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-        version = torch.__version__
-    except ImportError:
-        gpu, version = "none", "not installed"
+    gpu, version = _torch_gpu()
     return (f"{cpu}, {os.cpu_count()} cores; GPU: {gpu}; torch {version}; "
             f"Python {platform.python_version()}; {platform.system()} {platform.release()}")
+
+
+# where a Linux GPU driver shows itself (NVIDIA, ROCm, WSL2): without any, CUDA is unavailable
+_GPU_DEVICES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def _torch_gpu() -> tuple[str, str]:
+    """The GPU torch would use and ``torch.__version__``. Importing torch takes seconds, a
+    third of a report's time: on Linux without a GPU driver the GPU is none and the version is
+    read from torch's files."""
+    if "torch" not in sys.modules and sys.platform == "linux" \
+            and not any(os.path.exists(p) for p in _GPU_DEVICES):
+        version = _torch_version()
+        if version is not None:
+            return "none", version
+    try:
+        import torch
+    except ImportError:
+        return "none", "not installed"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return gpu, torch.__version__
+
+
+def _torch_version() -> str | None:
+    """``torch.__version__`` without importing torch: torch/version.py is a generated file of
+    constants, loaded here alone. None when torch or that file is missing or unusual."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+        path = Path(spec.submodule_search_locations[0]) / "version.py"
+        loaded = importlib.util.spec_from_file_location("_alma_bench_torch_version", path)
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+        return str(module.__version__)
+    except Exception:
+        return None
 
 
 def _cell(value: object) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from alma_bench.data import ImageData
 from alma_bench.errors import UserError
+
+if TYPE_CHECKING:  # torch loads with the data, not here: config (and ``list``) import AlmaSplit
+    from alma_bench.data import ImageData, SampleView
 
 Replay = Literal["none", "all", "fraction", "buffer"]
 
@@ -132,6 +133,8 @@ class AlmaStream:
         return self.data.num_classes
 
     def _take(self, idx: np.ndarray):
+        import torch
+
         i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return self.data.train_x[i], self.data.train_y[i]
 
@@ -162,11 +165,13 @@ class AlmaStream:
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
         from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 
+        from alma_bench.data import SampleView
+
         d = self.data
         return with_task_labels(benchmark_from_datasets(
             train=[self.dataset(m.train) for m in self.megabatches],
             valid=[self.dataset(m.val) for m in self.megabatches],
-            test=[_avalanche(_Images(d.test_x, d.test_y, None, d.mean, d.std))],
+            test=[_avalanche(SampleView(d.test_x, d.test_y, None, d.mean, d.std))],
         ))
 
     def dataset(self, idx):
@@ -177,36 +182,20 @@ class AlmaStream:
         ``dataset(buffer.pool_index)`` rebuilds it from a checkpoint."""
         from avalanche.benchmarks.utils import DataAttribute
 
+        from alma_bench.data import SampleView
+
         d = self.data
         idx = np.asarray(idx, dtype=np.int64)
-        ds = _avalanche(_Images(d.train_x, d.train_y, idx, d.mean, d.std))
+        ds = _avalanche(SampleView(d.train_x, d.train_y, idx, d.mean, d.std))
         return ds.update_data_attribute("pool_index", DataAttribute(idx.tolist(), "pool_index"))
 
 
-def _avalanche(images: _Images):
+def _avalanche(images: SampleView):
     from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 
     # Avalanche 0.6's documented way to give a dataset task labels (its public
     # as_taskaware_classification_dataset gives none, and LwF then fails)
     return _make_taskaware_classification_dataset(images, task_labels=0)
-
-
-class _Images(torch.utils.data.Dataset):
-    """Per-sample view (normalised float) of ``x[idx]`` for Avalanche's own data loaders."""
-
-    def __init__(self, x, y, idx, mean, std):
-        self.x, self.y = x, y
-        self.idx = torch.arange(len(y)) if idx is None else torch.from_numpy(np.asarray(idx))
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
-        self.targets = y[self.idx]
-
-    def __len__(self):
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        j = int(self.idx[i])
-        return (self.x[j].float() / 255.0 - self.mean) / self.std, int(self.y[j])
 
 
 def build_stream(data: ImageData, split: AlmaSplit, seed: int, name: str = "") -> AlmaStream:

@@ -1,5 +1,6 @@
-"""Listing strategies imports no Avalanche; the Avalanche-free plugin base keeps its hooks;
-``--version``."""
+"""What each command imports: listing strategies no Avalanche, ``list``, ``show`` and
+``compare`` no torch, a run nothing its strategy does not need (start-up: issue 16); the
+Avalanche-free plugin base keeps its hooks; ``--version``. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from fake_results import write_run
 
 from alma_bench import __version__
 from alma_bench.cli import main
@@ -20,6 +22,54 @@ def test_list_strategies_does_not_import_avalanche():
                          check=True).stdout
     assert "dense" in out and "scratch" in out  # strategies were listed
     assert out.strip().splitlines()[-1] == "[]"
+
+
+
+def _modules_after(code: str, wanted) -> list[str]:
+    """Which of ``wanted`` (top-level names or dotted modules) a fresh interpreter has loaded
+    after running ``code``."""
+    code += f"\nprint(sorted(m for m in {sorted(wanted)!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True,
+                         text=True, check=True).stdout
+    return eval(out.strip().splitlines()[-1])
+
+
+def test_commands_that_train_nothing_import_no_torch(tmp_path):
+    suite = tmp_path / "s"
+    for seed in (0, 1):
+        write_run(suite, "dense", seed, 0.9 + seed / 100)
+        write_run(suite, "scratch", seed, 0.8 + seed / 100, strategy="scratch")
+    code = ("import contextlib, io\nfrom alma_bench.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    for args in (['list'], ['show', {str(suite)!r}], ['compare', {str(suite)!r}]):\n"
+            "        assert main(args) == 0, args\n")
+    # scipy.stats: compare takes its t quantile from scipy.special, which loads faster
+    heavy = ("torch", "avalanche", "torchvision", "scipy.stats", "matplotlib", "seaborn")
+    assert _modules_after(code, heavy) == []
+
+
+def test_a_dense_run_imports_no_extra(tmp_path):
+    # What a worker imports for a plain dense run on the digits stream, up to the training
+    # loop (alma_bench.training adds Avalanche, whose own imports are not alma-bench's to
+    # choose: it needs benchmark, config, data, sparsity.masks and stream, imported here).
+    code = ("import alma_bench.executors, alma_bench.runner, alma_bench.benchmark\n"
+            "import alma_bench.sparsity.masks, alma_bench.streams\n"
+            "from alma_bench import compose\nfrom alma_bench.registry import MODELS, STREAMS\n"
+            "compose.create('dense', {})\nSTREAMS.create('digits')\n"
+            "MODELS.create('small-cnn', width=16)\n")
+    extras = ("avalanche", "torchvision", "pandas", "seaborn", "matplotlib", "scipy.stats",
+              "sklearn", "tensorboard", "gymnasium", "stable_baselines3", "sb3_contrib", "ray",
+              "alma_bench.cl_plugins", "alma_bench.report", "alma_bench.results",
+              "alma_bench.rl.env", "alma_bench.rl.agent")
+    assert _modules_after(code, extras) == []
+
+
+def test_report_reads_torchs_version_without_torch():
+    import torch
+
+    from alma_bench.report import _torch_version
+
+    assert _torch_version() == torch.__version__
 
 
 def test_plugin_base_has_avalanches_hooks():
