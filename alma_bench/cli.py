@@ -21,16 +21,12 @@ KINDS = ("suites", "strategies", "streams", "models", "pruners", "schedules")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "torch" not in sys.modules:
-        # Spinning OpenMP threads collapse (2-4x slower) when another process shares the
-        # cores; passive waiting costs nothing alone (reports/perf.md). libgomp reads this
-        # once, when torch loads, and worker processes inherit it.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from alma_bench.memory import tune_malloc
 
     tune_malloc()  # before any tensor: no page-fault storm in evaluation (alma_bench/memory.py)
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # torch is not loaded yet: the wait policy still counts
+    _set_wait_policy(args)
     # Warnings (e.g. a third-party UserWarning at import, or one raised inside a run, which
     # the executors hand back) are held back while the command runs: an error stays one line,
     # and a command that succeeds shows them at its end, each once; under --quiet only
@@ -53,6 +49,36 @@ def main(argv: list[str] | None = None) -> int:
             shown.add(key)
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return code
+
+
+def _set_wait_policy(args) -> None:
+    """OMP_WAIT_POLICY, unless the user set it; libgomp reads it once, when torch loads, and
+    worker processes (and the pool's fork server) inherit it. Measured on 2 cores (issue 16):
+    a run's 2 OpenMP threads alone are 1.2-1.8x faster under libgomp's default (spin a while,
+    then sleep) than PASSIVE, which sleeps at once and is woken through the kernel at every
+    parallel op; beside another busy process the default collapses (2x slower than PASSIVE).
+    One-thread runs (a pool's workers) start no OpenMP thread: there it changes nothing. So
+    the default stays for ``run`` on the local executor whose own runs cannot put more torch
+    threads than cores on the machine (``--threads auto``, or N x workers <= cores), and
+    PASSIVE is set for everything else. On a machine shared with other jobs, export
+    OMP_WAIT_POLICY=PASSIVE."""
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return  # too late to matter, or the user's choice
+    if (policy := _wait_policy(args)) is not None:
+        os.environ["OMP_WAIT_POLICY"] = policy
+
+
+def _wait_policy(args) -> str | None:
+    """PASSIVE, or None (libgomp's default) for a local ``run`` that cannot oversubscribe."""
+    if getattr(getattr(args, "func", None), "__module__", "") == "alma_bench.perf":
+        return None  # perf measures one process alone, under the policy a single run gets
+    if getattr(args, "func", None) is cmd_run and args.executor == "local":
+        if args.threads == "auto":  # cores // runs threads, cores // threads workers at most
+            return None
+        cores = os.cpu_count() or 1
+        if args.threads * (args.workers or max(1, cores // args.threads)) <= cores:
+            return None
+    return "PASSIVE"
 
 
 def _own_code(filename: str) -> bool:
@@ -242,7 +268,7 @@ def cmd_run(args) -> int:
     ray_auto = args.executor == "ray" and args.threads == "auto"  # a Ray task: 1 CPU each
     suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
                  threads=1 if ray_auto else args.threads)
-    threads, why = choose_threads(1 if ray_auto else args.threads, len(suite.runs))
+    threads, why = choose_threads(1 if ray_auto else args.threads, suite.runs)  # cached
     why = "auto: one CPU per Ray task" if ray_auto else why
     args.threads = threads  # resolved: the pool is sized by it (_execute)
     out = Path(args.out)
@@ -351,14 +377,23 @@ def _execute(todo, args, out):
               gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers)
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
                     position=0, leave=True)
-    mb_bar = None
+    mb_bar = None  # the megabatches of the run in progress (serial runs only)
+    mb_done = 0  # its megabatches done
+
+    def end_run():
+        nonlocal mb_bar
+        if mb_bar is not None:
+            mb_bar.close()
+            mb_bar = None
 
     def on_done(spec, summary):
+        end_run()
         runs_bar.update(1)
         runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: "
                                  f"acc {summary['final_test_acc']:.3f}")
 
     def on_failed(spec, outcome):
+        end_run()
         runs_bar.update(1)
         runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: {outcome.state}")
 
@@ -378,15 +413,22 @@ def _execute(todo, args, out):
         tqdm.write(f"alma-bench: {line}", file=sys.stderr)
 
     def on_megabatch(t, n, row):
-        nonlocal mb_bar
-        if mb_bar is None or t == 1 or mb_bar.total != n:
-            if mb_bar is not None:
-                mb_bar.close()
-            mb_bar = tqdm(total=n, desc="  megabatches", unit="mb", disable=args.quiet,
-                          position=1, leave=False)
-            mb_bar.update(t - 1)
-        mb_bar.update(1)
-        mb_bar.set_postfix_str(f"test acc {row['test_acc']:.3f}")
+        nonlocal mb_bar, mb_done
+        if mb_bar is not None and (mb_bar.total != n or t != mb_done + 1):
+            end_run()  # another run (its predecessor neither finished nor failed)
+        mb_done = t  # (a disabled bar, under --quiet, does not count)
+        took = f", last {row['wall_time']:.1f}s" if row.get("wall_time") is not None else ""
+        postfix = f"test acc {row['test_acc']:.3f}{took}"  # with the megabatch's own time
+        if mb_bar is None:
+            # The bar starts when the run's first megabatch of this invocation has ended, at
+            # t done: megabatches trained before (a resumed run's) and this one are its start
+            # (``initial``), not progress made in no time, so tqdm's rate counts only the
+            # megabatches it sees trained.
+            mb_bar = tqdm(total=n, initial=t, desc="  megabatches", unit="mb", postfix=postfix,
+                          disable=args.quiet, position=1, leave=False)
+        else:
+            mb_bar.set_postfix_str(postfix, refresh=False)
+            mb_bar.update(1)
 
     try:
         hooks = dict(on_done=on_done, on_failed=on_failed, say=say)
@@ -396,8 +438,7 @@ def _execute(todo, args, out):
             return run_pool(todo, job, workers, on_progress=on_progress, **hooks)
         return run_serial(todo, job, on_megabatch=on_megabatch, **hooks)
     finally:
-        if mb_bar is not None:
-            mb_bar.close()
+        end_run()
         runs_bar.close()
 
 

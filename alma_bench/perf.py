@@ -68,10 +68,8 @@ def configure_parser(p) -> None:
 
 def run(args) -> int:
     """Measure, print the table, write the JSON and (unless --quick) the markdown report."""
-    # Passive OpenMP waiting must be chosen before torch loads libgomp (see reports/perf.md:
-    # spinning threads collapse when another process shares the cores).
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy is the one a single run gets (cli._wait_policy: libgomp's default,
+    # unless the user exported one); the thread matrix below measures both policies.
     from alma_bench.errors import UserError
 
     for k in ("batch_size", "megabatches", "epochs", "subset"):

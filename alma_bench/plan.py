@@ -1,5 +1,15 @@
 """From a loaded suite to the runs to execute: thread count and runs that depend on runs.
 
+**Threads.** ``threads="auto"`` (the CLI's default) gives each run ``cores // runs`` torch
+threads when the invocation has fewer runs than cores and a training batch is large enough
+to gain from threads (``MIN_STEP_FLOPS`` forward FLOPs: the stream's data is loaded to know
+its input size), else 1 (a pool of one-thread workers). The thread count is part of each
+run's identity, so the rule reads only the plan: its runs, done or not (never which are done,
+or a re-invocation would give seeds of one label different thread counts), and
+``os.cpu_count()``. Suites of at least as many runs as cores keep 1 thread, so the published
+reports (made on 2 cores) keep their run ids; on more cores than a suite has runs,
+``--threads 1`` reproduces them.
+
 A strategy class may declare ``depends_on = ("structure_from",)``: each such parameter names
 the label of another entry of the same suite whose outputs it needs (e.g. ``static`` trains
 DPR's final mask). The dependent run gets the run id of that entry's run *with the same seed*
@@ -11,6 +21,7 @@ filtered out by ``--strategies`` is added back: it must run (or be found done) f
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from alma_bench import compose
 from alma_bench.config import RunSpec, SuiteSpec, load_suite
@@ -64,16 +75,50 @@ def resolve(runs: list[RunSpec], pool: list[RunSpec], suite: str) -> list[RunSpe
     return extra + fixed
 
 
+AUTO = "auto"
+# Forward FLOPs of one training batch below which a run gains nothing from a second thread.
+# Bare-loop speed of 2 threads over 1 on 2 cores, libgomp's default wait policy (issue 16):
+# quickstart's small-cnn on 8x8 digits at batch 32 (10 MFLOPs) 0.98x; small-cnn on 16x16
+# images at batch 32 (45 MFLOPs) 1.05x, at batch 128 (180 MFLOPs) 1.6x; on 32x32 at batch
+# 128 (720 MFLOPs) 1.7x; resnet20 at batch 64 (5.2 GFLOPs) 1.7x.
+MIN_STEP_FLOPS = 100e6
+
+
+def choose_threads(requested: int | str, runs: list[RunSpec]) -> tuple[int, str]:
+    """Torch threads per run and why: ``requested`` itself, or for ``"auto"`` the rule of the
+    module docstring over the plan's ``runs``."""
+    if requested != AUTO:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise UserError(f"--threads must be a positive integer or 'auto', got "
+                            f"{requested!r}")
+        return requested, "--threads"
+    cores, n = os.cpu_count() or 1, len(runs)
+    where = f"{n} run{'s' if n != 1 else ''} on {cores} core{'s' if cores != 1 else ''}"
+    if not 0 < n < cores:
+        return 1, f"auto: {where}, a one-thread worker per core"
+    from alma_bench.cost import step_flops
+
+    step = min(step_flops(r) for r in runs)
+    if step < MIN_STEP_FLOPS:
+        return 1, (f"auto: {where}, but a training batch of {step / 1e6:.3g} MFLOPs is too "
+                   f"small to gain from threads (under {MIN_STEP_FLOPS / 1e6:.0f})")
+    return cores // n, f"auto: {where}"
+
+
 def plan(name_or_path: str, scale=None, sets=(), strategies=None, seeds=None,
-         threads: int = 1) -> SuiteSpec:
-    """Load a suite and resolve its runs for execution (``threads`` torch threads each)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+         threads: int | str = 1) -> SuiteSpec:
+    """Load a suite and resolve its runs for execution (``threads`` torch threads each, or
+    ``"auto"``: ``choose_threads``)."""
+    if threads != AUTO:
+        choose_threads(threads, [])  # a bad value fails before the suite is read
     suite = load_suite(name_or_path, scale, sets, strategies, seeds)
+    full = suite.runs
+    if strategies and any(dependency_params(r) for r in suite.runs):
+        full = load_suite(name_or_path, scale, sets, None, seeds).runs
+    if threads == AUTO:  # over every run of the plan, the dependencies added back included
+        threads = choose_threads(AUTO, resolve(suite.runs, full, suite.name))[0]
     runs = [dataclasses.replace(r, threads=threads) for r in suite.runs]
-    pool = runs
-    if strategies and any(dependency_params(r) for r in runs):
-        full = load_suite(name_or_path, scale, sets, None, seeds)
-        pool = [dataclasses.replace(r, threads=threads) for r in full.runs]
+    pool = runs if full is suite.runs else [dataclasses.replace(r, threads=threads)
+                                            for r in full]
     suite.runs = resolve(runs, pool, suite.name)
     return suite

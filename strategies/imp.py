@@ -220,6 +220,15 @@ class Lottery:
             return [self.density ** (lv / max(1, n_levels)) for lv in range(n_levels + 1)]
         return [(1 - self.prune_fraction) ** lv for lv in range(n_levels + 1)]
 
+    def cost_factor(self, spec) -> float:
+        """The offline levels train megabatch 1 ``levels`` more times (alma_bench/cost.py)."""
+        if not self.levels:
+            return 1.0
+        from alma_bench.cost import train_sizes
+
+        sizes = train_sizes(spec)
+        return 1.0 + self.levels * sizes[0] / sum(sizes)
+
     def check(self, ctx) -> None:
         """Checks that need the run (UserErrors), before it trains."""
         self.level_densities(self.levels + ctx.n_megabatches - 1)

@@ -205,6 +205,11 @@ class RLSchedule:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         self.prune_regrow()  # update_period and drop_fraction checked as prune-regrow does
 
+    def cost_factor(self, spec) -> float:
+        """Without an agent, the run first trains one: ``episodes`` episodes, each a training
+        run on ``train_fraction`` of the pool (alma_bench/cost.py)."""
+        return 1.0 if self.agent is not None else 1.0 + self.episodes * self.train_fraction
+
     def prune_regrow(self) -> PruneRegrow:
         """The prune-regrow whose cadence and mask updates this strategy uses."""
         return PruneRegrow(density=self.density, schedule="constant", pruner=self.pruner,

@@ -162,3 +162,50 @@ def test_pool_shows_the_megabatch_of_each_running_run(tmp_path, tiny_suite, caps
                  "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert re.search(r"dense s0 mb \d/", err) and re.search(r"dense s1 mb \d/", err), err[-500:]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_megabatch_bar_starts_where_the_run_resumes(monkeypatch, tmp_path, capsys, quiet):
+    # A resumed run's megabatch bar starts at its megabatch (tqdm's ``initial``) instead of
+    # counting the megabatches of an earlier invocation as done in no time, which tqdm read as
+    # a rate of thousands of megabatches per second; each run gets one bar (also when the bars
+    # are disabled, which count nothing).
+    import argparse
+    from types import SimpleNamespace
+
+    import tqdm
+
+    from alma_bench import cli, executors
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # what it was made with (a disabled bar keeps neither desc nor initial)
+            self.made = (kwargs.get("desc", "").strip(), kwargs.get("initial", 0), kwargs["total"])
+            bars.append(self)
+
+    a, b = SimpleNamespace(label="a", seed=0), SimpleNamespace(label="b", seed=0)
+
+    def serial(specs, job, on_done=None, on_megabatch=None, on_failed=None, say=None):
+        for t in (4, 5, 6):  # run a: 3 of 6 megabatches were done before
+            on_megabatch(t, 6, {"test_acc": 0.5, "wall_time": 2.0})
+        on_done(a, {"final_test_acc": 0.5})
+        for t in (1, 2):  # run b: from the start, then it fails
+            on_megabatch(t, 6, {"test_acc": 0.4})
+        on_failed(b, executors.Outcome("failed"))
+        return []
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    monkeypatch.setattr(executors, "run_serial", serial)
+    args = argparse.Namespace(plugin=None, device="cpu", channels_last=False, tensorboard=None,
+                              retry_failed=False, wait=True, ray_gpus=None,
+                              avalanche_loggers=None, quiet=quiet, executor="local",
+                              workers=1, threads=1)
+    cli._execute([a, b], args, tmp_path)
+    mb = [bar for bar in bars if bar.made[0] == "megabatches"]
+    assert [bar.made[1:] for bar in mb] == [(4, 6), (1, 6)]
+    if not quiet:
+        assert [bar.n for bar in mb] == [6, 2]
+        assert "last 2.0s" in capsys.readouterr().err  # the megabatch's own time

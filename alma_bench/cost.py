@@ -1,0 +1,153 @@
+"""A run's estimated cost, so that a pool starts the longest runs first.
+
+A pool with more runs than workers that starts a long run last leaves every other core idle
+while that run finishes alone. Starting the costliest runs first (as far as their dependencies
+allow) packs the end of a suite. Only the order changes: never a number, never a run id.
+
+The estimate, in arbitrary units (only its ratios between runs matter):
+
+    training sample passes x forward FLOPs per sample x strategy factor
+
+* **sample passes**: the epoch cap (``protocol.epochs``; early stopping is not foreseen) times
+  the sum over megabatches of the megabatch's training-set size, from the stream's split
+  (megabatches, replay policy, validation fraction) over a pool of ``stream.subset`` samples,
+  else the stream's ``n_train`` parameter, else ``NOMINAL_POOL`` (data not loaded: streams of
+  unknown size count as equal);
+* **FLOPs**: of the model built once per model spec (cached) on CPU for a nominal input
+  (``NOMINAL_SHAPE``, ``NOMINAL_CLASSES``; the stream is not loaded), its parameter count when
+  it cannot run that input;
+* **strategy factor**: a strategy may declare ``cost_factor(self, spec) -> float``, the
+  multiplier of its run's training cost (default 1): e.g. rl-schedule trains an agent for
+  ``episodes`` episodes when given none, imp trains megabatch 1 ``levels`` more times. A
+  composed strategy multiplies its parts' factors.
+
+A run's priority is its cost plus the largest priority among the runs that depend on it (the
+longest chain of work it starts), so a dependency of a long run starts early. Ties keep the
+suite's order, so the order is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+NOMINAL_SHAPE = (3, 32, 32)
+NOMINAL_CLASSES = 10
+NOMINAL_POOL = 50_000
+
+
+def train_sizes(spec) -> list[float]:
+    """Expected training-set size of each megabatch (replay included), from the split alone."""
+    split = spec.split()
+    pool = split.subset or spec.stream.get("n_train") or NOMINAL_POOL
+    m = split.megabatches
+    new = pool / m * (1 - split.val_fraction)  # each megabatch's new training samples
+    sizes, memory = [], 0.0
+    for _ in range(m):
+        if split.replay == "none":
+            train = new
+        elif split.replay == "all":
+            memory += new
+            train = memory
+        elif split.replay == "fraction":  # each old sample survives a step with p
+            memory = memory * split.replay_fraction + new
+            train = memory
+        else:  # buffer: the reservoir of K plus the new samples
+            train = new + memory
+            memory = min(split.buffer_size, memory + new)
+        sizes.append(train)
+    return sizes
+
+
+def sample_passes(spec) -> float:
+    """Training samples seen at the epoch cap: epochs x the sum of the megabatches' sizes."""
+    return spec.protocol_obj().epochs * sum(train_sizes(spec))
+
+
+@cache
+def _model_flops(model: str, shape: tuple = NOMINAL_SHAPE,
+                 classes: int = NOMINAL_CLASSES) -> float:
+    import torch
+    from torch import nn
+
+    from alma_bench.models import build_model
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random draws stay where they were
+        net = build_model(json.loads(model), shape, classes)
+    macs = []
+
+    def count(m, inputs, out):  # multiply-accumulates of a conv or linear layer
+        per_out = m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.in_features
+        macs.append(out.numel() * per_out)
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:  # hooks, not FlopCounterMode: its first use costs seconds of imports
+        with torch.no_grad():
+            net.eval()(torch.zeros((1, *shape)))
+        return 2.0 * sum(macs) or 1.0
+    except Exception:  # a model that takes other inputs: its size, an estimate all the same
+        return float(sum(p.numel() for p in net.parameters())) or 1.0
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def model_flops(spec) -> float:
+    """Forward FLOPs per sample of the run's model at the nominal input (cached per model)."""
+    return _model_flops(json.dumps(spec.model, sort_keys=True, default=str))
+
+
+def step_flops(spec) -> float:
+    """Forward FLOPs of one training batch of the run (``protocol.batch_size`` samples of the
+    stream's real input). Loads the stream's data, through the runner's in-process cache, so a
+    run in this process then starts without loading it again."""
+    from alma_bench.runner import load_data
+
+    data = load_data(spec.stream)
+    model = json.dumps(spec.model, sort_keys=True, default=str)
+    per_sample = _model_flops(model, tuple(data.input_shape), data.num_classes)
+    return spec.protocol_obj().batch_size * per_sample
+
+
+def strategy_factor(spec) -> float:
+    """The strategy's ``cost_factor(spec)`` (the product over a composition's parts), else 1."""
+    from alma_bench import compose
+
+    obj = compose.create(spec.strategy["name"], spec.strategy["params"])
+    factor = 1.0
+    for part in (p for _, p in obj.parts) if isinstance(obj, compose.Composed) else (obj,):
+        fn = getattr(part, "cost_factor", None)
+        factor *= float(fn(spec)) if callable(fn) else 1.0
+    return factor
+
+
+def estimated_cost(spec) -> float:
+    """The run's estimated cost (module docstring); 1 when it cannot be estimated."""
+    try:
+        return sample_passes(spec) * model_flops(spec) * strategy_factor(spec)
+    except Exception:  # an estimate only orders runs: it never stops a suite
+        return 1.0
+
+
+def longest_first(specs) -> list:
+    """``specs`` by decreasing priority (own cost + the costliest chain of dependents); ties
+    keep the given order."""
+    specs = list(specs)
+    cost = {s.run_id: estimated_cost(s) for s in specs}
+    dependents: dict[str, list[str]] = {}
+    for s in specs:
+        for dep in (s.deps or {}).values():
+            dependents.setdefault(dep, []).append(s.run_id)
+    prio: dict[str, float] = {}
+
+    def priority(run_id: str, path=()) -> float:
+        if run_id not in prio:
+            if run_id in path:  # a cycle: the executor reports it
+                return cost[run_id]
+            below = [priority(d, (*path, run_id)) for d in dependents.get(run_id, ())]
+            prio[run_id] = cost[run_id] + max(below, default=0.0)
+        return prio[run_id]
+
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    return sorted(specs, key=lambda s: (-priority(s.run_id), order[s.run_id]))
