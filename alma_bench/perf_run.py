@@ -67,12 +67,12 @@ def startup_s(strategy_module: str | None = None) -> float:
 
 def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
                 seed: int | None = None, device: str = "cpu") -> dict:
-    """The end-to-end measurement of the first run of ``target`` (or of ``seed``)."""
-    import os
-
+    """The end-to-end measurement of the first run of ``target`` (or of ``seed``), with
+    ``threads`` torch threads (default: what ``alma-bench run`` gives that single run)."""
     import torch
 
     from alma_bench import perf_bare as pb
+    from alma_bench import runner
     from alma_bench.config import split_and_source
     from alma_bench.errors import UserError
     from alma_bench.memory import tune_malloc
@@ -85,13 +85,18 @@ def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
 
     tune_malloc()  # as every run does; the floor is measured under the same settings
     suite_name, label = parse_target(target)
-    threads = threads or os.cpu_count() or 1
-    suite = plan(suite_name, scale, list(sets), [label] if label else None,
-                 [seed] if seed is not None else None, threads=threads)
-    runs = [r for r in suite.runs if label is None or r.label == label]
-    if not runs:
-        raise UserError(f"no run of '{target}' to measure")
-    spec = runs[0]
+    wanted = [label] if label else None
+    if seed is None:  # the first seed of the entry
+        runs = [r for r in plan(suite_name, scale, list(sets), wanted, None).runs
+                if label is None or r.label == label]
+        if not runs:
+            raise UserError(f"no run of '{target}' to measure")
+        seed = runs[0].seed
+    # a plan of this one run: under --threads auto it gets the threads `alma-bench run` gives
+    # a single run (alma_bench/plan.py), with the same run id
+    suite = plan(suite_name, scale, list(sets), wanted, [seed], threads=threads or "auto")
+    spec = next(r for r in suite.runs if label is None or r.label == label)
+    threads = spec.threads
     if spec.deps:
         raise UserError(f"'{target}' depends on other runs ({', '.join(spec.deps)}); "
                         "measure a run without dependencies")
@@ -104,6 +109,7 @@ def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
     out["startup_s"] = startup_s(strategy_mod)
     torch.set_num_threads(threads)
     timer = Breakdown()
+    runner._DATA_CACHE.clear()  # planning may have loaded it (--threads auto): time the start
     with tempfile.TemporaryDirectory(prefix="alma-perf-run-") as tmp:
         before = _usage()
         execute(spec, Path(tmp), device, timer=timer)
