@@ -47,8 +47,3 @@ def tune_malloc() -> bool:
     ok &= mallopt(M_TOP_PAD, 64 << 20)  # grow the heap in 64 MiB steps, not per request
     _applied = bool(ok)
     return _applied
-
-
-def applied() -> bool:
-    """Whether this process runs with the tuned settings."""
-    return bool(_applied)

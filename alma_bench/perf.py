@@ -86,22 +86,23 @@ def run(args) -> int:
         table = _table([row for r in result["end_to_end"].values()
                         for row in perf_run.format_rows(r)])
         print(table)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-            print(f"JSON written to {args.json}")
+        _write_json(args.json, result)
         return 0
     result = measure(args)
     table = format_table(result)
     print(table)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"JSON written to {args.json}")
+    _write_json(args.json, result)
     if not args.quick and args.report:
         write_report(Path(args.report), result, table)
         print(f"report written to {args.report}")
     return 0
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"JSON written to {path}")
 
 
 def end_to_end(configs: list[dict], args) -> dict:

@@ -28,6 +28,7 @@ class Breakdown:
         self.seconds = dict.fromkeys(PARTS + ("template_train",), 0.0)
         self.counts = dict.fromkeys(("val_images", "test_images", "train_images",
                                      "final_val_images", "val_passes_reused"), 0)
+        self._open: dict[str, float] = {}  # parts opened by start(), not yet stopped
 
     @contextlib.contextmanager
     def part(self, name: str):
@@ -39,7 +40,6 @@ class Breakdown:
 
     def start(self, name: str) -> None:
         """Open a part that spans more code than a ``with`` block should (a run's setup)."""
-        self._open = getattr(self, "_open", {})
         self._open[name] = time.perf_counter()
 
     def stop(self, name: str) -> None:
@@ -73,8 +73,6 @@ class Breakdown:
 
 
 class _NoTimer:
-    counts: dict = {}
-
     def part(self, name: str):
         return contextlib.nullcontext()
 

@@ -363,7 +363,7 @@ class BestValidationPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kw):
         self.ctx.kept_epoch = len(self.ctx.epoch_log) - 1
         # the last epoch's validation, valid for the row while no tensor changes after it
-        self.ctx.kept_val = getattr(self, "last_val", None)
+        self.ctx.kept_val = self.last_val
         self.last_val = None
         if self.snapshot is not None and masks_differ(mask_state(strategy.model),
                                                       self.snapshot[0]):
