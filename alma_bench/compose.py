@@ -85,11 +85,21 @@ def create(name: str, params: dict):
 
 
 def resolved_params(obj) -> dict:
-    """The params recorded in a RunSpec: every field, defaults included (per part)."""
+    """The params recorded in a RunSpec: every field, defaults included (per part), but a
+    field the class lists in ``later_params`` (added after runs were published, with the
+    value that leaves their numbers unchanged) only when set otherwise, so adding one moved
+    no run id."""
     if isinstance(obj, Composed):
-        return {name: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else {}
-                for name, o in obj.parts}
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else {}
+        return {name: _params(o) for name, o in obj.parts}
+    return _params(obj)
+
+
+def _params(obj) -> dict:
+    if not dataclasses.is_dataclass(obj):
+        return {}
+    later = getattr(type(obj), "later_params", {})
+    return {k: v for k, v in dataclasses.asdict(obj).items()
+            if k not in later or v != later[k]}
 
 
 def revision(name: str):

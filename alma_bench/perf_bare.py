@@ -59,6 +59,15 @@ def load_average() -> list[float] | None:
 
 # ---------------------------------------------------------------- the bare loop (the limit)
 
+def _affine(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x_norm = x_uint8 * scale - shift, per channel: normalisation as
+    one addcmul, the harness's per-batch cost."""
+    c = len(mean)
+    scale = (1.0 / (255.0 * torch.tensor(std))).view(1, c, 1, 1)
+    shift = (torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1)
+    return scale, shift
+
+
 def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: float,
                momentum: float, weight_decay: float, augment: bool, padding: int, mean, std,
                channels_last: bool, seed: int = 0, compile: bool = False) -> dict:
@@ -74,9 +83,7 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    c = len(mean)
-    scale = (1.0 / (255.0 * torch.tensor(std))).view(1, c, 1, 1)
-    shift = (torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1)
+    scale, shift = _affine(mean, std)
     compile_s = None
     if compile:
         t0 = time.perf_counter()
@@ -134,9 +141,7 @@ def augment_rate(x: torch.Tensor, batch_size: int, padding: int, seconds: float 
 def bare_eval(model, x: torch.Tensor, batch_size: int, mean, std) -> int:
     """The limit of an evaluation pass: eval mode, normalise, forward, argmax; nothing else.
     Returns the number of images (the caller times it)."""
-    c = len(mean)
-    scale = (1.0 / (255.0 * torch.tensor(std))).view(1, c, 1, 1)
-    shift = (torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1)
+    scale, shift = _affine(mean, std)
     model.eval()
     for i in range(0, len(x), batch_size):
         model(torch.addcmul(-shift, x[i : i + batch_size].float(), scale)).argmax(1)

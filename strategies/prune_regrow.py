@@ -2,9 +2,12 @@
 
 Every ``update_period`` steps each layer l is brought to exactly round(d_l(s) x n_l) weights:
 pruned by magnitude (MP) or at random (RP) when above it, regrown at random (RR) when below,
-and ``drop_fraction`` of its surviving weights are swapped (pruned by the same criterion,
-regrown at random elsewhere), optionally cosine-decayed (RigL). Regrown weights start at 0
-with zeroed optimizer state.
+and ``drop_fraction`` of its surviving weights are swapped (pruned, regrown at random
+elsewhere), optionally cosine-decayed (RigL). ``drop_by`` is the swap's criterion, which
+ALGORITHMS.md leaves open: ``pruner`` (the default, as the published runs) drops by the same
+scores as the scheduled pruning, so RP-RR swaps at random; ``magnitude`` drops the smallest
+|w| among the survivors, as SET and RigL do, whatever the scheduled pruner. Regrown weights
+start at 0 with zeroed optimizer state.
 
 The schedule d_l(s) (any registered one, per layer if wanted) runs from ``initial_density`` to
 ``density`` over [``begin``, ``end``] of the stream's planned optimizer steps, as gmp's does:
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -89,7 +92,8 @@ class PruneRegrowPlugin(RewiringTraining):
 
     def update_masks(self, targets: dict[str, float], drop: float, strategy) -> None:
         g = torch.Generator().manual_seed(derive(self.seed, "prune-regrow", self.t, self.exp_step))
-        set_layer_densities(self.maskset, targets, self.pruner, drop, g, strategy.optimizer)
+        set_layer_densities(self.maskset, targets, self.pruner, drop, g, strategy.optimizer,
+                            drop_by=self.p.drop_by)
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
@@ -137,6 +141,10 @@ def layer_schedules(schedule: str | dict, names: list[str]) -> dict:
 class PruneRegrow:
     """Prune (magnitude or random) and regrow at random to a per-layer density schedule."""
 
+    # fields added after the first published runs, with the value that leaves their numbers
+    # as they were: recorded (and so in the run id) only when set otherwise
+    later_params: ClassVar[dict] = {"drop_by": "pruner"}
+
     density: float = 0.1  # final density d_T of every layer (the seeded table's 10%)
     initial_density: float = 1.0  # d_0
     schedule: str | dict = "cubic"  # a registered schedule, or {layer or "default": name}
@@ -144,6 +152,8 @@ class PruneRegrow:
     update_period: int = 20  # optimizer steps between mask updates
     drop_fraction: float = 0.3  # share of surviving weights swapped per update (SET's 0.3)
     drop_decay: Literal["none", "cosine"] = "none"
+    # the swap drops by the scheduled pruner's scores, or the smallest |w| (SET, RigL)
+    drop_by: Literal["pruner", "magnitude"] = "pruner"
     begin: float = 0.0  # schedule start, as a fraction of the stream's planned steps
     end: float = 1.0  # d_T reached here, then held
     prune_first: bool = True  # the suite-wide default layer set: every conv, no Linear layer

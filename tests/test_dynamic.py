@@ -35,6 +35,7 @@ from alma_bench.sparsity.rewire import (
 )
 from alma_bench.store import RunDir, read_rows
 from alma_bench.strategies import dpr as dpr_module
+from alma_bench.strategies import prune_regrow as pr_module
 from alma_bench.strategies.prune_regrow import PruneRegrowPlugin, layer_schedules
 from alma_bench.strategies.static import StaticPlugin
 
@@ -135,6 +136,69 @@ def test_set_layer_densities_exact_counts_with_swap():
         assert not opt.state[ms.weights[n]]["momentum_buffer"][grown | pruned].any()
 
 
+def test_swap_by_magnitude_drops_the_smallest_survivors_after_random_scheduled_pruning():
+    """RP-RR with drop_by=magnitude: the scheduled pruning is the random pruner's (the same
+    draws as with drop_by=pruner), the swap then drops exactly the smallest |w| survivors."""
+    for seed in range(3):
+        model, ms, opt = _toy(density=0.5, seed=seed)
+        names = ms.names
+        before = {n: m.clone() for n, m in ms.masks.items()}
+        mags = {n: ms.weights[n].detach().abs().clone() for n in names}
+        targets = {names[0]: 0.3, names[1]: 0.6}  # 60 -> 36 weights; 30 -> 36 (grows)
+        rp = PRUNERS.create("random", scope="layer")
+        scores = rp.scores(model, ms, None, generator=torch.Generator().manual_seed(seed))
+        sched = {}
+        new = set_layer_densities(ms, targets, rp, 0.25, torch.Generator().manual_seed(seed),
+                                  opt, drop_by="magnitude")
+        for n in names:
+            old, m, size = before[n], ms.masks[n], before[n].numel()
+            target = round(targets[n] * size)
+            assert torch.equal(new[n], m) and int(m.sum()) == target  # exact density
+            survive = min(int(old.sum()), target)
+            drop = min(round(0.25 * survive), size - int(old.sum()) - (target - survive))
+            assert drop > 0
+            # the scheduled pruning: the `survive` best random scores among the old weights
+            alive_scores = torch.where(old, scores[n], -1.0).reshape(-1)
+            scheduled = torch.zeros(size, dtype=torch.bool)
+            scheduled[alive_scores.argsort(descending=True)[:survive]] = True
+            scheduled = scheduled.reshape(old.shape)
+            # the swap: exactly the `drop` smallest |w| among those survivors
+            mag_alive = torch.where(scheduled, mags[n], math.inf).reshape(-1)
+            swapped = torch.zeros(size, dtype=torch.bool)
+            swapped[mag_alive.argsort()[:drop]] = True
+            swapped = swapped.reshape(old.shape)
+            assert torch.equal(old & ~m, (old & ~scheduled) | swapped)
+            assert torch.equal(old & m, scheduled & ~swapped)
+            assert mags[n][swapped].max() < mags[n][old & m].min()
+            grown = m & ~old
+            assert int(grown.sum()) == target - survive + drop
+            assert not (grown & swapped).any() and not ms.weights[n][grown].any()
+            assert not opt.state[ms.weights[n]]["momentum_buffer"][grown | swapped].any()
+            sched[n] = scheduled
+        # the scheduled pruning is still random: not the smallest magnitudes of the layer
+        n = names[0]
+        assert mags[n][before[n] & ~sched[n]].max() > mags[n][sched[n]].min()
+
+
+def test_swap_by_pruner_is_the_default_and_magnitude_pruner_is_unchanged_by_drop_by():
+    kept = []
+    for drop_by in [None, "pruner", "magnitude"]:
+        for pruner in ["magnitude", "random"]:
+            _, ms, opt = _toy(density=0.5, seed=4)
+            kw = {} if drop_by is None else {"drop_by": drop_by}
+            set_layer_densities(ms, {n: 0.3 for n in ms.names},
+                                PRUNERS.create(pruner, scope="layer"), 0.3,
+                                torch.Generator().manual_seed(4), opt, **kw)
+            kept.append([m.clone() for m in ms.masks.values()])
+    same = [all(torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(kept, kept[2:])]
+    # default == pruner (both pruners); magnitude pruner: pruner == magnitude swap (same
+    # |w| order, same draws); random pruner: the swap criterion matters
+    assert same == [True, True, True, False]
+    with pytest.raises(ValueError, match="drop_by"):
+        set_layer_densities(ms, {}, PRUNERS.create("random", scope="layer"), 0.3,
+                            torch.Generator().manual_seed(0), drop_by="random")
+
+
 @pytest.mark.parametrize("name", ["constant", "linear", "quadratic", "cubic", "cosine"])
 def test_each_schedule_hits_its_start_and_end(name):
     s = SCHEDULES.create(name)
@@ -157,6 +221,29 @@ def test_keep_dense_takes_1x1_convs_out():
     keep_dense(ms, one_by_one_convs(model, ms.names))
     assert ms.names == ["0", "2", "4"] and ms.dense_layers == ["1"]
     assert not hasattr(model[1], "weight_mask")
+
+
+def test_a_default_drop_by_leaves_the_recorded_params_and_run_ids_as_before(tmp_path):
+    """drop_by was added after the published runs: at its default it is not recorded, so
+    every prune-regrow and rl-schedule run keeps its id; set, it is recorded and moves it."""
+    for name in ["prune-regrow", "rl-schedule"]:
+        cls = STRATEGIES.get(name).cls
+        assert cls.later_params == {"drop_by": "pruner"}
+        assert STRATEGIES.get(name).params()["drop_by"] == "pruner"  # the same default
+        ids, params = [], []
+        for extra in [{}, {"drop_by": "pruner"}, {"drop_by": "magnitude"}]:
+            suite = write_suite(tmp_path / "s.yaml", stream=STREAM, strategies=[
+                {"name": name, "params": {"density": 0.5, "pruner": "random", **extra}}])
+            (spec,) = load_suite(str(suite)).runs
+            ids.append(spec.run_id)
+            params.append(spec.strategy["params"])
+        before = {k: v for k, v in dataclasses.asdict(
+            STRATEGIES.create(name, density=0.5, pruner="random")).items() if k != "drop_by"}
+        assert params[0] == params[1] == before  # what a run recorded before drop_by existed
+        assert params[2] == {**before, "drop_by": "magnitude"}
+        assert ids[0] == ids[1] != ids[2]
+        with pytest.raises(UserError, match="drop_by"):
+            STRATEGIES.create(name, drop_by="random")
 
 
 def test_parameter_errors_are_one_line():
@@ -252,8 +339,9 @@ def test_dpr_with_one_epoch_rewires_only_in_the_first_half(runs, monkeypatch):
 
 
 def test_prune_regrow_exact_after_every_update(runs, monkeypatch):
-    seen = []
+    seen, criteria = [], []
     orig = PruneRegrowPlugin.update_masks
+    orig_set = pr_module.set_layer_densities
 
     def spy(self, targets, drop, strategy):
         orig(self, targets, drop, strategy)
@@ -261,11 +349,19 @@ def test_prune_regrow_exact_after_every_update(runs, monkeypatch):
             assert int(m.sum()) == round(targets[n] * m.numel())
         seen.append(targets)
 
+    def spy_set(*args, drop_by, **kw):
+        criteria.append(drop_by)
+        return orig_set(*args, drop_by=drop_by, **kw)
+
     monkeypatch.setattr(PruneRegrowPlugin, "update_masks", spy)
-    for schedule in ["linear", "constant"]:
-        seen.clear()
+    monkeypatch.setattr(pr_module, "set_layer_densities", spy_set)
+    for schedule, drop_by in [("linear", "pruner"), ("constant", "pruner"),
+                              ("linear", "magnitude"), ("constant", "magnitude")]:
+        seen.clear(), criteria.clear()
         rows, _ = runs("prune-regrow", {"schedule": schedule, "update_period": 2,
-                                        "pruner": "random", "initial_density": 0.9})
+                                        "pruner": "random", "initial_density": 0.9,
+                                        "drop_by": drop_by})
+        assert len(criteria) == len(seen) > 3 and set(criteria) == {drop_by}
         start = 0.1 if schedule == "constant" else 0.9
         assert all(d == start for d in seen[0].values())  # before the first step
         assert all(d == pytest.approx(0.1, abs=1e-12) for d in seen[-1].values())

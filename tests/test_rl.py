@@ -147,6 +147,40 @@ def test_config_mismatch_is_one_line_error(tmp_path):
         rl.load_agent(tmp_path / "missing.zip", TINY)
 
 
+def test_drop_by_reaches_the_env_and_a_default_leaves_agent_configs_as_before(monkeypatch):
+    from alma_bench.registry import STRATEGIES
+    from alma_bench.rl import env as env_module
+
+    mag = dataclasses.replace(TINY, drop_by="magnitude")
+    # at the default the field is not in the JSON (shared-agent keys and saved agents stay)
+    assert "drop_by" not in TINY.to_json() and mag.to_json()["drop_by"] == "magnitude"
+    assert EnvConfig.from_json(TINY.to_json()) == TINY
+    assert EnvConfig.from_json(mag.to_json()) == mag
+    assert TINY.differences(mag) == mag.differences(TINY) == ["drop_by"]
+    with pytest.raises(UserError, match="drop_by"):
+        dataclasses.replace(TINY, drop_by="random")
+    strategy = STRATEGIES.create("rl-schedule", drop_by="magnitude", pruner="random")
+    assert strategy.prune_regrow().drop_by == "magnitude"
+    assert strategy.env_config(TINY.stream, TINY.model, TINY.protocol).drop_by == "magnitude"
+
+    calls, orig = [], env_module.set_layer_densities
+
+    def spy(maskset, targets, *args, drop_by, **kw):
+        new = orig(maskset, targets, *args, drop_by=drop_by, **kw)
+        for n, m in maskset.masks.items():  # exact density after every update
+            assert int(m.sum()) == round(targets[n] * m.numel())
+        calls.append((drop_by, args[1]))  # (criterion, drop fraction)
+        return new
+
+    monkeypatch.setattr(env_module, "set_layer_densities", spy)
+    env = SparsityScheduleEnv(dataclasses.replace(mag, pruner="random", drop_fraction=0.3))
+    actions = np.random.default_rng(2).uniform(-1, 1, (env.n_steps, 2)).astype(np.float32)
+    *_, last = _episode(env, actions, 0)
+    assert last[2] and env.maskset.kept() == round(TINY.density * sum(env.sizes.values()))
+    assert len(calls) == env.n_steps and {c for c, _ in calls} == {"magnitude"}
+    assert {d for _, d in calls} == {0.0, 0.3}  # the swap ran (not only first decisions)
+
+
 def test_recurrent_ppo_learns_the_known_best_schedule():
     """A fixed, seeded budget of 100 episodes; then deterministic episodes on unseen networks
     (the full training set) against a uniformly random policy on the same networks."""

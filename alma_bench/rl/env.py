@@ -47,13 +47,15 @@ from alma_bench.models import build_model
 from alma_bench.registry import PRUNERS, build_dataclass
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.plugin import rewiring_window
-from alma_bench.sparsity.rewire import set_layer_densities
+from alma_bench.sparsity.rewire import DROP_BY, set_layer_densities
 from alma_bench.stream import build_stream
 
 # Observation ceilings: finite bounds the values are clipped to (check_env wants them finite;
 # real values stay far below them: |w| means ~0.01-1, gradient norms ~0.001-10, losses ~0-5).
 MAX_WEIGHT, MAX_GRAD, MAX_LOSS = 10.0, 100.0, 100.0
 TRAIN_SPLIT_SEED = 20220930  # one fixed agent-train split of the pool for every episode
+# EnvConfig fields added after agents were saved, with the value that leaves them valid
+LATER_FIELDS = {"drop_by": "pruner"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class EnvConfig:
     pruner: Literal["magnitude", "random"] = "magnitude"  # MP-RR or RP-RR
     update_period: int = 20  # optimizer steps between decisions inside a rewiring window
     drop_fraction: float = 0.3
+    drop_by: Literal["pruner", "magnitude"] = "pruner"  # the swap's criterion (prune-regrow)
     reward: Literal["terminal", "delta"] = "terminal"
     prune_first: bool = True
     prune_last: bool = False
@@ -89,6 +92,8 @@ class EnvConfig:
             raise UserError(f"update_period must be >= 1, got {self.update_period}")
         if not 0 <= self.drop_fraction < 1:
             raise UserError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if self.drop_by not in DROP_BY:
+            raise UserError(f"drop_by must be one of {', '.join(DROP_BY)}, got {self.drop_by!r}")
         for name in ("stream", "model", "protocol"):
             d = dict(getattr(self, name))
             if name == "stream":
@@ -98,7 +103,10 @@ class EnvConfig:
             object.__setattr__(self, name, json.loads(json.dumps(d, sort_keys=True)))
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, but one of :data:`LATER_FIELDS` only when set otherwise: the key of a
+        shared agent (a hash of this) did not move when the field was added."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     @classmethod
     def from_json(cls, d: dict) -> EnvConfig:
@@ -109,7 +117,7 @@ class EnvConfig:
 
     def differences(self, other: EnvConfig) -> list[str]:
         """Dotted names of the fields (one level into stream/model/protocol) that differ."""
-        a, b = self.to_json(), other.to_json()
+        a, b = dataclasses.asdict(self), dataclasses.asdict(other)
         out = []
         for k in a:
             if isinstance(a[k], dict) and isinstance(b[k], dict):
@@ -380,7 +388,8 @@ class SparsityScheduleEnv(gym.Env):
         g = torch.Generator().manual_seed(
             derive(self.seeds.strategy, "prune-regrow", self.t, self.exp_step))
         set_layer_densities(self.maskset, targets, self.pruner,
-                            0.0 if iv.first else c.drop_fraction, g, self.optimizer)
+                            0.0 if iv.first else c.drop_fraction, g, self.optimizer,
+                            drop_by=c.drop_by)
         self.schedule.append(targets)
         self.stats = IntervalStats(len(self.names))
         for _ in range(iv.steps):

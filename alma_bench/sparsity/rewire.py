@@ -26,10 +26,10 @@ from alma_bench.sparsity.masks import BUFFER, MaskSet, _keep_top
 from alma_bench.sparsity.schedules import check_density
 from alma_bench.store import save_checkpoint
 
-__all__ = ["FINAL_MASKS", "INITIAL_STATE", "adjust_threshold", "final_masks", "growth_shares",
-           "initial_state", "keep_dense", "load_artifact", "load_weights", "one_by_one_convs",
-           "random_grow", "random_layer_masks", "reallocate", "save_artifact",
-           "set_layer_densities", "threshold_prune"]
+__all__ = ["DROP_BY", "FINAL_MASKS", "INITIAL_STATE", "adjust_threshold", "final_masks",
+           "growth_shares", "initial_state", "keep_dense", "load_artifact", "load_weights",
+           "one_by_one_convs", "random_grow", "random_layer_masks", "reallocate",
+           "save_artifact", "set_layer_densities", "threshold_prune"]
 
 INITIAL_STATE = "initial_state.pt"  # the model's state_dict before any mask (no mask buffers)
 FINAL_MASKS = "final_masks.pt"  # layer name -> bool mask (CPU) at the end of the stream
@@ -128,17 +128,25 @@ def reallocate(maskset: MaskSet, threshold: float, generator: torch.Generator | 
     return k, pruned
 
 
+DROP_BY = ("pruner", "magnitude")
+
+
 def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner,
                         drop_fraction: float, generator: torch.Generator | None,
-                        optimizer=None) -> dict[str, torch.Tensor]:
+                        optimizer=None, drop_by: str = "pruner") -> dict[str, torch.Tensor]:
     """Bring each named layer to exactly round(d_l * n_l) active weights (section 9).
 
     A layer above its target is pruned by ``pruner``'s scores (magnitude: MP, random: RP); one
     below it regrows at random among its zeros (RR). Then ``drop_fraction`` of the surviving
-    weights are swapped: the lowest-scored are pruned and as many regrown at random, never
-    where this update pruned, so the swap is capped by the layer's free positions (a dense
-    layer swaps nothing). Layers not in ``densities`` are left alone. Returns the new masks.
+    weights are swapped: pruned and as many regrown at random, never where this update
+    pruned, so the swap is capped by the layer's free positions (a dense layer swaps
+    nothing). Which survivors the swap drops is ``drop_by``: ``pruner``, the lowest-scored by
+    the same pruner (RP-RR then drops at random); ``magnitude``, the smallest |w| among the
+    survivors of the scheduled pruning, as SET and RigL drop. Layers not in ``densities``
+    are left alone. Returns the new masks.
     """
+    if drop_by not in DROP_BY:
+        raise ValueError(f"drop_by must be one of {', '.join(DROP_BY)}, got {drop_by!r}")
     scores = pruner.scores(maskset.model, maskset, None, generator=generator)
     new = {}
     for name, m in maskset.masks.items():
@@ -149,7 +157,14 @@ def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner
         survive = min(alive, target)  # survivors of bringing the layer down to its target
         grow = target - survive
         drop = max(0, min(round(drop_fraction * survive), (n - alive) - grow))
-        kept = _keep_top(scores[name].reshape(-1), m.reshape(-1), survive - drop).reshape(m.shape)
+        alive_flat = m.reshape(-1)
+        if drop_by == "magnitude":  # scheduled pruning by the pruner, the swap by |w|
+            alive_flat = _keep_top(scores[name].reshape(-1), alive_flat, survive)
+            kept = _keep_top(maskset.weights[name].detach().abs().reshape(-1), alive_flat,
+                             survive - drop)
+        else:
+            kept = _keep_top(scores[name].reshape(-1), alive_flat, survive - drop)
+        kept = kept.reshape(m.shape)
         new[name] = random_grow(kept, grow + drop, generator, exclude=m & ~kept)
     maskset.update(new, optimizer)
     return new
