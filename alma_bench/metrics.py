@@ -99,7 +99,8 @@ class FlopMeter:
         self._key = None
 
     def per_sample(self) -> float:
-        masks = [(n, getattr(m, "weight_mask", None)) for n, m in self.layers]
+        # the buffer table directly: Module.__getattr__'s lookup chain is a per-step cost
+        masks = [(n, m._buffers.get("weight_mask")) for n, m in self.layers]
         key = tuple((id(b), b._version) for _, b in masks if b is not None)
         if key != self._key:
             dens = dict(self._unmasked)

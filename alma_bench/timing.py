@@ -49,9 +49,14 @@ class Breakdown:
         self.counts[name] += n
 
     def wrap_hooks(self, plugin) -> None:
-        """Time every ``before_*``/``after_*`` hook of a strategy plugin as strategy_hooks."""
+        """Time every ``before_*``/``after_*`` hook of a strategy plugin as strategy_hooks
+        (not the base class's empty ones: wrapped, the template would call them every step)."""
+        from alma_bench.training import is_no_op
+
         for name in dir(type(plugin)):
             if not (name.startswith("before_") or name.startswith("after_")):
+                continue
+            if is_no_op(plugin, name):
                 continue
             hook = getattr(plugin, name, None)
             if callable(hook):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from avalanche import core as av_core
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
@@ -21,6 +22,7 @@ from avalanche.training.templates import SupervisedTemplate
 from alma_bench.benchmark import mark_megabatches
 from alma_bench.config import Protocol, RunSpec, Seeds, derive
 from alma_bench.data import BatchLoader, Normalizer
+from alma_bench.plugin_base import SupervisedPlugin as LightPlugin
 from alma_bench.sparsity.masks import BUFFER as MASK_SUFFIX
 from alma_bench.stream import AlmaStream
 from alma_bench.timing import NO_TIMER
@@ -141,6 +143,7 @@ class AlmaTemplate(SupervisedTemplate):
             eval_every=-1,
         )
         self.alma = ctx
+        self._hook_key, self._hooks = None, {}
         # the stream's experiences say their megabatch's size, as make_benchmark's do: a
         # pruner's sample is a fraction of it (alma_bench.sparsity.experience)
         mark_megabatches(ctx.stream)
@@ -162,12 +165,62 @@ class AlmaTemplate(SupervisedTemplate):
         x, y = self.alma.stream.train_set(self.experience.current_experience)
         return self.alma.batches(x[indices], y[indices], seed=seed)
 
+    def _step_hooks(self, event: str) -> list:
+        """The bound hooks of ``event`` that do something (rebuilt when the plugin list
+        changes).
+
+        Avalanche's ``trigger_plugins`` calls every plugin's hook of every event (a hasattr, a
+        getattr and a call each: eight events x every plugin per step), though most are the
+        base class's no-ops; on a small model that is a visible share of a step. Skipping
+        exactly those no-ops leaves the calls, their order and their arguments unchanged.
+        """
+        if self._hook_key != (id(self.plugins), len(self.plugins)):
+            self._hook_key, self._hooks = (id(self.plugins), len(self.plugins)), {}
+        hooks = self._hooks.get(event)
+        if hooks is None:
+            hooks = self._hooks[event] = [getattr(p, event) for p in self.plugins
+                                          if hasattr(p, event) and not is_no_op(p, event)]
+        return hooks
+
+    def _before_training_epoch(self, **kwargs):
+        self._hook_key = None  # a plugin list edited in place is seen at the next epoch
+        super()._before_training_epoch(**kwargs)
+
     def check_model_and_optimizer(self, **kwargs):
         # Parameters never change identity in ALMA (re-initialisation is in place), so
         # Avalanche's parameter bookkeeping is not needed; only the state policy matters.
         self.model = self.model.to(self.device)
         if not self.alma.protocol.keep_optimizer_state:
             self.optimizer = build_optimizer(self.alma.protocol, self.model)
+
+
+#: The hooks Avalanche fires at every optimizer step (``SGDUpdate.training_epoch``).
+STEP_EVENTS = ("before_training_iteration", "before_forward", "after_forward",
+               "before_backward", "after_backward", "before_update", "after_update",
+               "after_training_iteration")
+_NO_OPS = {(e, getattr(c, e)) for e in STEP_EVENTS
+           for c in (av_core.BaseSGDPlugin, av_core.SupervisedPlugin, LightPlugin)
+           if hasattr(c, e)}
+
+
+def is_no_op(plugin, event: str) -> bool:
+    """Whether ``plugin``'s ``event`` hook is a base class's empty one (not overridden on its
+    class or its instance)."""
+    return (event not in getattr(plugin, "__dict__", {})
+            and (event, getattr(type(plugin), event, None)) in _NO_OPS)
+
+
+def _fire(event: str):
+    def fire(self, **kwargs):
+        for hook in self._step_hooks(event):
+            hook(self, **kwargs)
+    fire.__name__ = fire.__qualname__ = "_" + event
+    return fire
+
+
+for _event in STEP_EVENTS:
+    setattr(AlmaTemplate, "_" + _event, _fire(_event))
+del _event
 
 
 class ClockPlugin(SupervisedPlugin):
@@ -228,9 +281,10 @@ def mask_state(model) -> dict[str, torch.Tensor]:
     return {k: b.clone() for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX)}
 
 
-def mask_versions(model) -> tuple[int, ...]:
-    """The version counters of the mask buffers: they move on every in-place write."""
-    return tuple(b._version for k, b in model.named_buffers() if k.endswith(MASK_SUFFIX))
+def _mask_versions(tables: list[dict]) -> tuple:
+    """Identity and version of the mask buffers in these module buffer tables: a mask
+    registered, replaced or written in place changes the tuple."""
+    return tuple((id(b), b._version) for d in tables for k, b in d.items() if k == MASK_SUFFIX)
 
 
 def state_versions(model) -> tuple:
@@ -304,7 +358,9 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_epoch(self, strategy, **kw):
         self.start_masks = mask_state(strategy.model)
-        self.versions, self.mixed = mask_versions(strategy.model), False
+        # every module's buffer table, read per step instead of walking the module tree
+        self.tables = [m._buffers for m in strategy.model.modules()]
+        self.versions, self.mixed = _mask_versions(self.tables), False
 
     def after_training_iteration(self, strategy, **kw):
         # Masks that change and come back by the epoch's end (a swap whose regrown zeros are
@@ -312,7 +368,7 @@ class BestValidationPlugin(SupervisedPlugin):
         # the epoch's start whenever a mask buffer was written (its version moved), so the
         # check costs a step nothing while no strategy touches the masks.
         if not self.mixed:
-            versions = mask_versions(strategy.model)
+            versions = _mask_versions(self.tables)
             if versions != self.versions:
                 self.versions = versions
                 self.mixed = masks_differ(mask_state(strategy.model), self.start_masks)
@@ -351,7 +407,10 @@ class BestValidationPlugin(SupervisedPlugin):
             if self.ctx.protocol.keep_best:
                 opt = strategy.optimizer
                 with self.ctx.timer.part("selection"):
-                    self.snapshot = (copy.deepcopy(strategy.model.state_dict()),
+                    # a tensor copy of the state (deepcopy's memo and pickling protocol
+                    # cost more than the copy itself on a small model)
+                    self.snapshot = ({k: v.detach().clone()
+                                      for k, v in strategy.model.state_dict().items()},
                                      copy.deepcopy(opt.state_dict())
                                      if self.ctx.protocol.keep_optimizer_state else None)
         else:
