@@ -404,7 +404,8 @@ def _sections(raw: dict) -> tuple[dict, dict, dict]:
     if "name" not in model:
         raise UserError(f"model section needs a 'name'. Valid: {', '.join(MODELS.names())}")
     m_name = model.pop("name")
-    model = {"name": m_name, **dataclasses.asdict(MODELS.create(m_name, **model))}
+    # a model field in the class's later_params is recorded only when set (no run id moved)
+    model = {"name": m_name, **compose.resolved_params(MODELS.create(m_name, **model))}
     protocol = dataclasses.asdict(build_dataclass(Protocol, raw.get("protocol") or {}, "protocol"))
     return stream, model, protocol
 

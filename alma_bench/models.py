@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -69,17 +70,29 @@ class SmallCNN:
 @MODELS.register("simple-cnn")
 @dataclass(frozen=True)
 class SimpleCNN:
-    """The 5-layer CNN of the sparsity-schedule paper: 3 conv (32/64/64) + 2 linear (256)."""
+    """The 5-layer CNN of the sparsity-schedule paper: 3 conv (32/64/64) + 2 linear (256).
+
+    ``bn``: a BatchNorm2d after each conv, before its ReLU (bn1..bn3, never pruned: masks are
+    on Conv2d and Linear weights only). Off, the network is the paper's, module for module."""
+
+    # added after runs were published; recorded (and in the run id) only when set
+    later_params: ClassVar[dict] = {"bn": False}
+
+    bn: bool = False
 
     def build(self, input_shape, num_classes) -> nn.Module:
         c = input_shape[0]
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+
+        def block(i: int, cin: int, cout: int) -> list[tuple[str, nn.Module]]:
+            conv = [(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1))]
+            bn = [(f"bn{i}", nn.BatchNorm2d(cout))] if self.bn else []
+            return [*conv, *bn, (f"relu{i}", relu())]
+
         return nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(c, 32, 3, padding=1)), ("relu1", relu()),
-            ("pool1", nn.MaxPool2d(2, ceil_mode=True)),
-            ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", relu()),
-            ("pool2", nn.MaxPool2d(2, ceil_mode=True)),
-            ("conv3", nn.Conv2d(64, 64, 3, padding=1)), ("relu3", relu()),
+            *block(1, c, 32), ("pool1", nn.MaxPool2d(2, ceil_mode=True)),
+            *block(2, 32, 64), ("pool2", nn.MaxPool2d(2, ceil_mode=True)),
+            *block(3, 64, 64),
             ("pool3", nn.AdaptiveAvgPool2d(2)), ("flatten", nn.Flatten()),
             ("fc1", nn.Linear(256, 256)), ("relu4", relu()), ("fc2", nn.Linear(256, num_classes)),
         ]))

@@ -246,6 +246,43 @@ def test_a_default_drop_by_leaves_the_recorded_params_and_run_ids_as_before(tmp_
             STRATEGIES.create(name, drop_by="random")
 
 
+def test_simple_cnn_bn_is_off_by_default_unrecorded_and_never_pruned(tmp_path):
+    """simple-cnn's bn was added after the published runs: off, the network is today's (same
+    modules, parameter order and seeded init) and the model section records no bn, so no run
+    id moves; on, a BatchNorm2d follows each conv (before its ReLU) and stays dense."""
+    names = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "pool3",
+             "flatten", "fc1", "relu4", "fc2"]
+    nets = []
+    for config in [{"name": "simple-cnn"}, {"name": "simple-cnn", "bn": False}]:
+        torch.manual_seed(0)
+        nets.append(build_model(config, (3, 32, 32), 10))
+    assert [n for n, _ in nets[0].named_children()] == names
+    assert [n for n, _ in nets[0].named_parameters()] == [
+        f"{n}.{w}" for n in ("conv1", "conv2", "conv3", "fc1", "fc2") for w in ("weight", "bias")]
+    for (a, x), (b, y) in zip(nets[0].state_dict().items(), nets[1].state_dict().items()):
+        assert a == b and torch.equal(x, y)
+    bn = build_model({"name": "simple-cnn", "bn": True}, (3, 32, 32), 10)
+    children = [n for n, _ in bn.named_children()]
+    for i in (1, 2, 3):  # conv, bn, relu
+        assert children.index(f"bn{i}") == children.index(f"conv{i}") + 1
+        assert children.index(f"relu{i}") == children.index(f"bn{i}") + 1
+        assert isinstance(getattr(bn, f"bn{i}"), nn.BatchNorm2d)
+    assert bn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    ms = MaskSet(bn, prune_linear=True)
+    assert ms.names == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    ids, models = [], []
+    for model in [{"name": "simple-cnn"}, {"name": "simple-cnn", "bn": False},
+                  {"name": "simple-cnn", "bn": True}]:
+        suite = write_suite(tmp_path / "s.yaml", stream=STREAM, model=model,
+                            strategies=[{"name": "dense"}])
+        (spec,) = load_suite(str(suite)).runs
+        ids.append(spec.run_id)
+        models.append(spec.model)
+    assert models[0] == models[1] == {"name": "simple-cnn"}  # as recorded before bn existed
+    assert models[2] == {"name": "simple-cnn", "bn": True}
+    assert ids[0] == ids[1] != ids[2]
+
+
 def test_parameter_errors_are_one_line():
     bad = [("dpr", {"rewire_schedule": [[0.1, 100]]}, "start at 0"),
            ("dpr", {"rewire_schedule": [[0, 1.5]]}, "whole steps"),

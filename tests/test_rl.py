@@ -181,6 +181,29 @@ def test_drop_by_reaches_the_env_and_a_default_leaves_agent_configs_as_before(mo
     assert {d for _, d in calls} == {0.0, 0.3}  # the swap ran (not only first decisions)
 
 
+def test_a_default_train_eval_sample_leaves_agent_configs_as_before():
+    """The protocol's train_eval_sample came after agents were saved: at its default (null)
+    it is not in the JSON (the shared-agent key hashes it), as it is not in a run id."""
+    with_default = dataclasses.replace(TINY, protocol={**PROTOCOL, "train_eval_sample": None})
+    assert "train_eval_sample" not in with_default.to_json()["protocol"]
+    assert with_default.to_json() == TINY.to_json()
+    assert with_default.differences(TINY) == TINY.differences(with_default) == []
+    assert EnvConfig.from_json(with_default.to_json()) == TINY
+    assert with_default.protocol_obj() == TINY.protocol_obj()
+    sampled = dataclasses.replace(TINY, protocol={**PROTOCOL, "train_eval_sample": 64})
+    assert sampled.to_json()["protocol"]["train_eval_sample"] == 64
+    assert EnvConfig.from_json(sampled.to_json()) == sampled
+    assert sampled.differences(with_default) == ["protocol.train_eval_sample"]
+    # a run's protocol section holds every field: its env config keys as before
+    from alma_bench.config import Protocol
+    from alma_bench.registry import STRATEGIES
+
+    run_protocol = dataclasses.asdict(Protocol(**PROTOCOL))
+    assert run_protocol["train_eval_sample"] is None
+    config = STRATEGIES.create("rl-schedule").env_config(TINY.stream, TINY.model, run_protocol)
+    assert "train_eval_sample" not in config.to_json()["protocol"]
+
+
 def test_recurrent_ppo_learns_the_known_best_schedule():
     """A fixed, seeded budget of 100 episodes; then deterministic episodes on unseen networks
     (the full training set) against a uniformly random policy on the same networks."""
@@ -296,6 +319,22 @@ def test_agent_seed_trains_one_agent_shared_by_the_runs_of_a_config(tmp_path):
     meta = json.loads(rl.config_path(agents[0]).read_text())
     assert meta["seed"] == 7 and all(r[0]["agent_train_s"] == meta["train_s"] for r in rows)
     assert not any((p / "artifacts" / "agent.zip").exists() for p in runs)
+
+
+def test_sparsity_schedules_quick_trains_the_bn_simple_cnn_and_the_other_scales_do_not():
+    """Only the quick scale adds BatchNorm (at its budget the BN-free net trains no sparse
+    network); handcrafted and learned rows share it, and RP-RR swaps by magnitude in both."""
+    from alma_bench.config import load_suite
+
+    for scale, model in [(None, {"name": "simple-cnn"}), ("smoke", {"name": "simple-cnn"}),
+                         ("paper", {"name": "simple-cnn"}),
+                         ("quick", {"name": "simple-cnn", "bn": True})]:
+        runs = load_suite("sparsity-schedules", scale).runs
+        assert len(runs) == 75 if scale != "smoke" else 25
+        assert all(r.model == model for r in runs)
+        for r in runs:
+            drop_by = r.strategy["params"].get("drop_by")
+            assert drop_by == ("magnitude" if r.label.startswith("rp-rr") else None)
 
 
 def test_sparsity_schedules_smoke_has_the_learned_row_at_the_exact_target(tmp_path):

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alma_bench.config import Protocol, Seeds, derive, split_and_source
+from alma_bench.config import LATER_PROTOCOL_FIELDS, Protocol, Seeds, derive, split_and_source
 from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.errors import UserError
 from alma_bench.models import build_model
@@ -103,10 +103,14 @@ class EnvConfig:
             object.__setattr__(self, name, json.loads(json.dumps(d, sort_keys=True)))
 
     def to_json(self) -> dict:
-        """Every field, but one of :data:`LATER_FIELDS` only when set otherwise: the key of a
-        shared agent (a hash of this) did not move when the field was added."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        """Every field, but one of :data:`LATER_FIELDS` (or a protocol field of
+        ``LATER_PROTOCOL_FIELDS``, as in a run id) only when set otherwise: the key of a shared
+        agent (a hash of this) did not move when the field was added."""
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        d["protocol"] = {k: v for k, v in d["protocol"].items()
+                         if k not in LATER_PROTOCOL_FIELDS or v != LATER_PROTOCOL_FIELDS[k]}
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> EnvConfig:
