@@ -122,19 +122,47 @@ def strategy_factor(spec) -> float:
     return factor
 
 
-def estimated_cost(spec) -> float:
-    """The run's estimated cost (module docstring); 1 when it cannot be estimated."""
+def shared_work(spec) -> str | None:
+    """The key of work the run shares with other runs (``shared_work(spec)`` of a strategy,
+    e.g. rl-schedule's one agent for every seed of a label), else None."""
+    from alma_bench import compose
+
+    obj = compose.create(spec.strategy["name"], spec.strategy["params"])
+    fn = getattr(obj, "shared_work", None)
+    return fn(spec) if callable(fn) else None
+
+
+def estimated_cost(spec, shared_done: bool = False) -> float:
+    """The run's estimated cost (module docstring); 1 when it cannot be estimated.
+    ``shared_done``: another run does the work this one shares (its strategy factor is 1)."""
     try:
-        return sample_passes(spec) * model_flops(spec) * strategy_factor(spec)
+        factor = 1.0 if shared_done else strategy_factor(spec)
+        return sample_passes(spec) * model_flops(spec) * factor
     except Exception:  # an estimate only orders runs: it never stops a suite
         return 1.0
+
+
+def _costs(specs) -> dict[str, float]:
+    """Run id -> cost; of the runs sharing work, the first in suite order carries it: started
+    together, the others would each hold a worker while waiting for it (two seeds of one
+    learned schedule, say, waiting on one agent while another agent could be training)."""
+    cost, claimed = {}, set()
+    for s in specs:
+        try:
+            key = shared_work(s)
+        except Exception:
+            key = None
+        cost[s.run_id] = estimated_cost(s, shared_done=key is not None and key in claimed)
+        if key is not None:
+            claimed.add(key)
+    return cost
 
 
 def longest_first(specs) -> list:
     """``specs`` by decreasing priority (own cost + the costliest chain of dependents); ties
     keep the given order."""
     specs = list(specs)
-    cost = {s.run_id: estimated_cost(s) for s in specs}
+    cost = _costs(specs)
     dependents: dict[str, list[str]] = {}
     for s in specs:
         for dep in (s.deps or {}).values():

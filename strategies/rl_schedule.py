@@ -214,6 +214,14 @@ class RLSchedule:
         run on ``train_fraction`` of the pool (alma_bench/cost.py)."""
         return 1.0 if self.agent is not None else 1.0 + self.episodes * self.train_fraction
 
+    def shared_work(self, spec) -> str | None:
+        """Runs of one label with ``agent_seed`` share one agent: the first to start trains it
+        and the others wait for it, so only one of them should be costed (and started early)
+        as an agent's training (alma_bench/cost.py)."""
+        if self.agent is None and self.agent_seed is not None:
+            return f"rl-schedule agent of {spec.label}"
+        return None
+
     def prune_regrow(self) -> PruneRegrow:
         """The prune-regrow whose cadence and mask updates this strategy uses."""
         return PruneRegrow(density=self.density, schedule="constant", pruner=self.pruner,

@@ -80,6 +80,29 @@ def test_strategy_cost_factors(tmp_path):
     assert cost.strategy_factor(rl) == pytest.approx(1 + 4 * 0.5)
 
 
+def test_runs_sharing_an_agent_start_one_agent_per_worker_first(tmp_path):
+    # two learned labels x 3 seeds, each label's seeds sharing one agent (agent_seed): the
+    # first two runs a 2-worker pool starts must train the two agents, not one agent twice
+    # (the second seed would hold a worker waiting on the first one's agent)
+    rl = {"name": "rl-schedule", "params": {"episodes": 4, "agent_seed": 0}}
+    suite = write_suite(tmp_path / "s.yaml", seeds=[0, 1, 2], strategies=[
+        "dense", {**rl, "label": "a"}, {**rl, "label": "b", "params": {**rl["params"],
+                                                                        "density": 0.5}}])
+    runs = load_suite(str(suite)).runs
+    order = cost.longest_first(runs)
+    assert [(r.label, r.seed) for r in order[:2]] == [("a", 0), ("b", 0)]
+    first_a, later_a = (r for r in runs if r.label == "a" and r.seed in (0, 1))
+    assert cost.shared_work(first_a) == cost.shared_work(later_a) is not None
+    assert cost._costs(runs)[later_a.run_id] == pytest.approx(cost.estimated_cost(
+        first_a) / cost.strategy_factor(first_a))
+    # without agent_seed each run trains its own agent: every one carries the cost
+    own = write_suite(tmp_path / "o.yaml", seeds=[0, 1], strategies=[
+        {"name": "rl-schedule", "params": {"episodes": 4}}])
+    a0, a1 = load_suite(str(own)).runs
+    assert cost.shared_work(a0) is None
+    assert cost._costs([a0, a1])[a1.run_id] == pytest.approx(cost.estimated_cost(a1))
+
+
 def test_auto_threads_keep_one_thread_for_a_suite_and_its_run_ids(tmp_path, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     suite = str(write_suite(tmp_path / "s.yaml", seeds=[0, 1, 2]))
