@@ -128,8 +128,11 @@ def shared_work(spec) -> str | None:
     from alma_bench import compose
 
     obj = compose.create(spec.strategy["name"], spec.strategy["params"])
-    fn = getattr(obj, "shared_work", None)
-    return fn(spec) if callable(fn) else None
+    for part in (p for _, p in obj.parts) if isinstance(obj, compose.Composed) else (obj,):
+        fn = getattr(part, "shared_work", None)  # a composition shares its parts' work
+        if callable(fn) and (key := fn(spec)) is not None:
+            return key
+    return None
 
 
 def estimated_cost(spec, shared_done: bool = False) -> float:

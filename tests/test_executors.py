@@ -95,6 +95,12 @@ def test_runs_sharing_an_agent_start_one_agent_per_worker_first(tmp_path):
     assert cost.shared_work(first_a) == cost.shared_work(later_a) is not None
     assert cost._costs(runs)[later_a.run_id] == pytest.approx(cost.estimated_cost(
         first_a) / cost.strategy_factor(first_a))
+    # a composition shares its part's agent all the same
+    ewc = write_suite(tmp_path / "c.yaml", seeds=[0, 1], strategies=[
+        {"name": "rl-schedule+avalanche:ewc",
+         "params": {"rl-schedule": {"episodes": 4, "agent_seed": 0}}}])
+    c0, c1 = load_suite(str(ewc)).runs
+    assert cost.shared_work(c0) == cost.shared_work(c1) is not None
     # without agent_seed each run trains its own agent: every one carries the cost
     own = write_suite(tmp_path / "o.yaml", seeds=[0, 1], strategies=[
         {"name": "rl-schedule", "params": {"episodes": 4}}])
