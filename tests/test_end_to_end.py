@@ -29,9 +29,12 @@ def test_end_to_end_writes_every_key(tmp_path, monkeypatch):
     # a fresh interpreter importing torch and Avalanche takes ~17 s: not this test's subject
     monkeypatch.setattr(perf_run, "startup_s", lambda module=None: 1.0)
     suite = write_suite(tmp_path / "s.yaml")
-    r = perf_run.measure_run(f"{suite}:dense", threads=1)
+    r = perf_run.measure_run(f"{suite}:dense", threads=1, max_pairs=3)
     for key in perf_run.KEYS:
         assert key in r, key
+    # a short run is measured in pairs (run, floor); the reported pair is the median one
+    assert r["pairs"] == len(r["ratios"]) == 3
+    assert r["ratio"] == sorted(r["ratios"])[1]
     assert set(r["breakdown"]) == set(PARTS)
     assert r["ratio"] == pytest.approx(r["wall_s"] / r["floor_s"])
     assert r["floor_s"] == pytest.approx(r["floor"]["train_s"] + r["floor"]["eval_s"])
