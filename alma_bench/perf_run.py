@@ -66,8 +66,8 @@ def startup_s(strategy_module: str | None = None) -> float:
 
 
 def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
-                seed: int | None = None, device: str = "cpu", min_s: float = 60.0,
-                max_pairs: int = 5) -> dict:
+                seed: int | None = None, device: str = "cpu", min_s: float = 120.0,
+                max_pairs: int = 9) -> dict:
     """The end-to-end measurement of the first run of ``target`` (or of ``seed``), with
     ``threads`` torch threads (default: what ``alma-bench run`` gives that single run)."""
     import torch
