@@ -94,12 +94,17 @@ def resolved_params(obj) -> dict:
     return _params(obj)
 
 
+def omit_later(d: dict, later: dict) -> dict:
+    """``d`` without the fields of ``later`` (fields added after results were published) that
+    hold the value ``later`` gives them, the one that leaves those results as they were: the
+    ids and keys hashed from ``d`` did not move when the field was added."""
+    return {k: v for k, v in d.items() if k not in later or v != later[k]}
+
+
 def _params(obj) -> dict:
     if not dataclasses.is_dataclass(obj):
         return {}
-    later = getattr(type(obj), "later_params", {})
-    return {k: v for k, v in dataclasses.asdict(obj).items()
-            if k not in later or v != later[k]}
+    return omit_later(dataclasses.asdict(obj), getattr(type(obj), "later_params", {}))
 
 
 def revision(name: str):

@@ -142,8 +142,7 @@ class RunSpec:
 
         The core revision, the thread count, the run ids of the runs it depends on, and the
         strategy class's ``revision`` are part of it (revision 1 is left out)."""
-        protocol = {k: v for k, v in self.protocol.items()
-                    if k not in LATER_PROTOCOL_FIELDS or v != LATER_PROTOCOL_FIELDS[k]}
+        protocol = compose.omit_later(self.protocol, LATER_PROTOCOL_FIELDS)
         ident = {"stream": self.stream, "model": self.model, "protocol": protocol,
                  "strategy": self.strategy, "seed": self.seed, "threads": self.threads,
                  "core_revision": CORE_REVISION}

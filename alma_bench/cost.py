@@ -110,13 +110,18 @@ def step_flops(spec) -> float:
     return spec.protocol_obj().batch_size * per_sample
 
 
-def strategy_factor(spec) -> float:
-    """The strategy's ``cost_factor(spec)`` (the product over a composition's parts), else 1."""
+def _parts(spec) -> tuple:
+    """The run's strategy object, or a composition's parts."""
     from alma_bench import compose
 
     obj = compose.create(spec.strategy["name"], spec.strategy["params"])
+    return tuple(p for _, p in obj.parts) if isinstance(obj, compose.Composed) else (obj,)
+
+
+def strategy_factor(spec) -> float:
+    """The strategy's ``cost_factor(spec)`` (the product over a composition's parts), else 1."""
     factor = 1.0
-    for part in (p for _, p in obj.parts) if isinstance(obj, compose.Composed) else (obj,):
+    for part in _parts(spec):
         fn = getattr(part, "cost_factor", None)
         factor *= float(fn(spec)) if callable(fn) else 1.0
     return factor
@@ -125,10 +130,7 @@ def strategy_factor(spec) -> float:
 def shared_work(spec) -> str | None:
     """The key of work the run shares with other runs (``shared_work(spec)`` of a strategy,
     e.g. rl-schedule's one agent for every seed of a label), else None."""
-    from alma_bench import compose
-
-    obj = compose.create(spec.strategy["name"], spec.strategy["params"])
-    for part in (p for _, p in obj.parts) if isinstance(obj, compose.Composed) else (obj,):
+    for part in _parts(spec):
         fn = getattr(part, "shared_work", None)  # a composition shares its parts' work
         if callable(fn) and (key := fn(spec)) is not None:
             return key

@@ -125,7 +125,6 @@ def _pair(spec, protocol, device: str) -> dict:
     from alma_bench import perf_bare as pb
     from alma_bench import runner
     from alma_bench.registry import MODELS
-    from alma_bench.runner import execute, load_data
     from alma_bench.store import RunDir, read_rows
     from alma_bench.stream import build_stream
     from alma_bench.timing import Breakdown
@@ -135,7 +134,7 @@ def _pair(spec, protocol, device: str) -> dict:
     runner._DATA_CACHE.clear()  # planning may have loaded it (--threads auto): time the start
     with tempfile.TemporaryDirectory(prefix="alma-perf-run-") as tmp:
         before = _usage()
-        execute(spec, Path(tmp), device, timer=timer)
+        runner.execute(spec, Path(tmp), device, timer=timer)
         run = _delta(before, _usage())
         rows = read_rows(RunDir(Path(tmp), spec.results_name, spec.run_id).metrics)
     out.update({k: run[k] for k in ("wall_s", "cpu_user_s", "cpu_system_s", "minor_faults")})
@@ -144,7 +143,7 @@ def _pair(spec, protocol, device: str) -> dict:
     out["breakdown"], out["counts"] = bd["seconds"], bd["counts"]
 
     # the floor, on the same data and threads
-    data = load_data(spec.stream)
+    data = runner.load_data(spec.stream)
     stream = build_stream(data, spec.split(), spec.seeds().stream, name=spec.stream["name"])
     sets_t = [stream.train_set(t) for t in range(stream.n_megabatches)]
     epochs = [int(r["epochs_trained"]) for r in rows]

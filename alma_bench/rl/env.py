@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alma_bench.compose import omit_later
 from alma_bench.config import LATER_PROTOCOL_FIELDS, Protocol, Seeds, derive, split_and_source
 from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.errors import UserError
@@ -106,10 +107,8 @@ class EnvConfig:
         """Every field, but one of :data:`LATER_FIELDS` (or a protocol field of
         ``LATER_PROTOCOL_FIELDS``, as in a run id) only when set otherwise: the key of a shared
         agent (a hash of this) did not move when the field was added."""
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
-        d["protocol"] = {k: v for k, v in d["protocol"].items()
-                         if k not in LATER_PROTOCOL_FIELDS or v != LATER_PROTOCOL_FIELDS[k]}
+        d = omit_later(dataclasses.asdict(self), LATER_FIELDS)
+        d["protocol"] = omit_later(d["protocol"], LATER_PROTOCOL_FIELDS)
         return d
 
     @classmethod
