@@ -1,8 +1,9 @@
 """Fail a run whose training diverges (a NaN or infinite loss or weight), cheaply.
 
-The loss is summed on the device step by step (no host sync in the hot loop) and checked once
-per epoch; the weights are checked once per megabatch. Checking the loss matters: the best-
-validation restore would otherwise hide a diverged epoch behind an earlier finite one.
+Each step's loss is kept on the device (no host sync and no kernel in the hot loop: a
+``StepTally`` counts the non-finite ones in batched chunks) and checked once per epoch; the
+weights are checked once per megabatch. Checking the loss matters: the best-validation
+restore would otherwise hide a diverged epoch behind an earlier finite one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
+from alma_bench.tally import StepTally, non_finite
 
 
 class NonFiniteError(RuntimeError):
@@ -20,24 +22,24 @@ class FiniteLossCheck(SupervisedPlugin):
     def __init__(self, ctx):
         super().__init__()
         self.ctx = ctx
-        self.total = None
+        self.losses = None
         self.epoch = 0
 
     def before_training_exp(self, strategy, **kw):
         self.epoch = 0
 
     def before_training_epoch(self, strategy, **kw):
-        self.total = None
+        self.losses = StepTally(non_finite)
         self.epoch += 1
 
     def after_training_iteration(self, strategy, **kw):
-        loss = strategy.loss.detach()
-        self.total = loss if self.total is None else self.total + loss
+        self.losses.add(strategy.loss.detach())
 
     def after_training_epoch(self, strategy, **kw):
-        if self.total is not None and not bool(torch.isfinite(self.total)):
-            raise NonFiniteError(f"training loss is {float(self.total)} in megabatch "
-                                 f"{self.ctx.megabatch + 1}, epoch {self.epoch}")
+        bad = self.losses.total() if self.losses is not None else None
+        if bad is not None and int(bad):
+            raise NonFiniteError(f"training loss is NaN or infinite at {int(bad)} step(s) of "
+                                 f"megabatch {self.ctx.megabatch + 1}, epoch {self.epoch}")
 
 
 def check_weights(model: torch.nn.Module, megabatch: int) -> None:

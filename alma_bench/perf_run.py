@@ -13,6 +13,7 @@ imports a worker pays once) is measured in a fresh interpreter and reported besi
 from __future__ import annotations
 
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,8 @@ DEFAULT_RUNS = (
 #: every key ``end_to_end`` holds per configuration (tests/test_perf.py checks them)
 KEYS = ("target", "run_id", "threads", "wall_s", "floor_s", "ratio", "startup_s",
         "ratio_with_startup", "cpu_user_s", "cpu_system_s", "minor_faults", "floor",
-        "breakdown", "counts", "load_before", "load_after", "pairs", "ratios")
+        "breakdown", "counts", "load_before", "load_after", "pairs", "ratios",
+        "ratio_quartiles")
 
 
 def parse_target(target: str) -> tuple[str, str | None]:
@@ -66,8 +68,8 @@ def startup_s(strategy_module: str | None = None) -> float:
 
 
 def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
-                seed: int | None = None, device: str = "cpu", min_s: float = 120.0,
-                max_pairs: int = 9) -> dict:
+                seed: int | None = None, device: str = "cpu", min_s: float = 300.0,
+                max_pairs: int = 45) -> dict:
     """The end-to-end measurement of the first run of ``target`` (or of ``seed``), with
     ``threads`` torch threads (default: what ``alma-bench run`` gives that single run)."""
     import torch
@@ -104,32 +106,51 @@ def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
     strategy_mod = type(_strategy(spec)).__module__
     out["startup_s"] = startup_s(strategy_mod)
     torch.set_num_threads(threads)
-    # A short run's single pair is noise: on this machine quickstart's ratio read 0.97 to
-    # 1.42 from one minute to the next. Run and floor are measured in pairs, back to back,
-    # until ``min_s`` seconds are spent (or ``max_pairs`` pairs); the report is the median
-    # pair, with every pair's ratio beside it. A long run stays a single pair.
+    # A short run's single pair is noise: on this machine quickstart's pairs read 0.83 to
+    # 1.68 within ten minutes (the host's speed drifts over seconds; the same bare loop took
+    # 2.9 to 4.6 s). Run and floor are measured in pairs, back to back, until ``min_s``
+    # seconds are spent (or ``max_pairs`` pairs), every other pair with the floor first so a
+    # drift within a pair does not favour one side; the report is the median pair, with
+    # every pair's ratio and their quartiles beside it. A long run stays a single pair.
     pairs, t0 = [], time.perf_counter()
     while not pairs or (len(pairs) < max_pairs and time.perf_counter() - t0 < min_s):
-        pairs.append(_pair(spec, protocol, device))
+        pairs.append(_pair(spec, protocol, device, floor_first=len(pairs) % 2 == 1,
+                           epochs=pairs[0]["epochs"] if pairs else None))
     ratios = [p["ratio"] for p in pairs]
     median = sorted(range(len(pairs)), key=ratios.__getitem__)[len(pairs) // 2]
     out.update(pairs[median])
     out["pairs"], out["ratios"] = len(pairs), ratios
+    out["ratio_quartiles"] = (statistics.quantiles(ratios, n=4) if len(ratios) > 1
+                              else [ratios[0]] * 3)
     out["ratio_with_startup"] = (out["wall_s"] + out["startup_s"]) / out["floor_s"]
     out["load_after"] = pb.load_average()
     return out
 
 
-def _pair(spec, protocol, device: str) -> dict:
-    """One real run of ``spec`` in a temporary folder, then its floor in this process."""
-    from alma_bench import perf_bare as pb
+def _pair(spec, protocol, device: str, floor_first: bool = False,
+          epochs: list[int] | None = None) -> dict:
+    """One real run of ``spec`` in a temporary folder and its floor in this process, the run
+    first, or the floor first when ``floor_first`` (it then needs the run's ``epochs`` per
+    megabatch, known from an earlier pair: a run's epochs are a function of its seed)."""
+    if floor_first:
+        floor = _floor(spec, protocol, epochs)
+        out = _run_once(spec, device)
+    else:
+        out = _run_once(spec, device)
+        floor = _floor(spec, protocol, out["epochs"])
+    out["floor"] = floor
+    out["floor_s"] = floor["train_s"] + floor["eval_s"]
+    out["ratio"] = out["wall_s"] / out["floor_s"]
+    out["faults_vs_floor"] = (out["minor_faults"] / floor["minor_faults"]
+                              if floor["minor_faults"] else None)
+    return out
+
+
+def _run_once(spec, device: str) -> dict:
     from alma_bench import runner
-    from alma_bench.registry import MODELS
     from alma_bench.store import RunDir, read_rows
-    from alma_bench.stream import build_stream
     from alma_bench.timing import Breakdown
 
-    out: dict = {}
     timer = Breakdown()
     runner._DATA_CACHE.clear()  # planning may have loaded it (--threads auto): time the start
     with tempfile.TemporaryDirectory(prefix="alma-perf-run-") as tmp:
@@ -137,16 +158,25 @@ def _pair(spec, protocol, device: str) -> dict:
         runner.execute(spec, Path(tmp), device, timer=timer)
         run = _delta(before, _usage())
         rows = read_rows(RunDir(Path(tmp), spec.results_name, spec.run_id).metrics)
-    out.update({k: run[k] for k in ("wall_s", "cpu_user_s", "cpu_system_s", "minor_faults")})
-    out["major_faults"] = run["major_faults"]
+    out = {k: run[k] for k in ("wall_s", "cpu_user_s", "cpu_system_s", "minor_faults",
+                               "major_faults")}
     bd = timer.result()
     out["breakdown"], out["counts"] = bd["seconds"], bd["counts"]
+    out["epochs"] = [int(r["epochs_trained"]) for r in rows]
+    return out
 
-    # the floor, on the same data and threads
+
+def _floor(spec, protocol, epochs: list[int]) -> dict:
+    """The bare training loop and bare evaluation passes over what the run trained on and
+    evaluated, on the same data and threads."""
+    from alma_bench import perf_bare as pb
+    from alma_bench import runner
+    from alma_bench.registry import MODELS
+    from alma_bench.stream import build_stream
+
     data = runner.load_data(spec.stream)
     stream = build_stream(data, spec.split(), spec.seeds().stream, name=spec.stream["name"])
     sets_t = [stream.train_set(t) for t in range(stream.n_megabatches)]
-    epochs = [int(r["epochs_trained"]) for r in rows]
     mspec = {k: v for k, v in spec.model.items() if k != "name"}
 
     def model_fn():
@@ -171,15 +201,10 @@ def _pair(spec, protocol, device: str) -> dict:
         images += pb.bare_eval(model, x[:k] if k else x, ebs, data.mean, data.std)
     eval_s = time.perf_counter() - t0
     floor = _delta(before, _usage())
-    out["floor"] = {"train_s": train["loop_s"], "eval_s": eval_s, "samples": train["samples"],
-                    "steps": train["steps"], "eval_images": images,
-                    "cpu_user_s": floor["cpu_user_s"], "cpu_system_s": floor["cpu_system_s"],
-                    "minor_faults": floor["minor_faults"]}
-    out["floor_s"] = train["loop_s"] + eval_s
-    out["ratio"] = out["wall_s"] / out["floor_s"]
-    out["faults_vs_floor"] = (out["minor_faults"] / floor["minor_faults"]
-                              if floor["minor_faults"] else None)
-    return out
+    return {"train_s": train["loop_s"], "eval_s": eval_s, "samples": train["samples"],
+            "steps": train["steps"], "eval_images": images,
+            "cpu_user_s": floor["cpu_user_s"], "cpu_system_s": floor["cpu_system_s"],
+            "minor_faults": floor["minor_faults"]}
 
 
 def _strategy(spec):
@@ -201,8 +226,10 @@ def format_rows(r: dict) -> list[tuple[str, str]]:
     pairs = r.get("ratios") or [r["ratio"]]
     rows = [(f"{n}: whole run / floor (training + evaluation loops)",
              f"{r['ratio']:.3f} ({wall:.3g} s / {r['floor_s']:.3g} s; {r['threads']} thread(s))"),
-            (f"{n}: run and floor pairs (the median reported): ratios",
-             f"{len(pairs)}: " + ", ".join(f"{x:.3f}" for x in pairs)),
+            (f"{n}: run and floor pairs (the median reported): quartiles; ratios",
+             f"{len(pairs)} pairs: " + " / ".join(f"{x:.3f}" for x in r.get(
+                 "ratio_quartiles", [r["ratio"]] * 3)) + "; "
+             + ", ".join(f"{x:.2f}" for x in pairs)),
             (f"{n}: floor: bare training s / bare evaluation s",
              f"{fl['train_s']:.3g} / {fl['eval_s']:.3g} ({fl['samples']} samples, "
              f"{fl['eval_images']} images)"),

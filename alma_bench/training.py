@@ -25,6 +25,7 @@ from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.plugin_base import SupervisedPlugin as LightPlugin
 from alma_bench.sparsity.masks import BUFFER as MASK_SUFFIX
 from alma_bench.stream import AlmaStream
+from alma_bench.tally import StepTally, hits
 from alma_bench.timing import NO_TIMER
 
 
@@ -352,7 +353,7 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
-        self.correct, self.seen, self.last_val = None, 0, None
+        self.correct, self.seen, self.last_val = StepTally(hits), 0, None
         self.ctx.epoch_log = []
         self.ctx.epoch_end_masks = []
 
@@ -372,10 +373,10 @@ class BestValidationPlugin(SupervisedPlugin):
             if versions != self.versions:
                 self.versions = versions
                 self.mixed = masks_differ(mask_state(strategy.model), self.start_masks)
-        # running accuracy on the (augmented) training batches, for APP's per-epoch gap; kept
-        # as a device tensor so the hot loop never waits for a host sync
-        hits = (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
-        self.correct = hits if self.correct is None else self.correct + hits
+        # running accuracy on the (augmented) training batches, for APP's per-epoch gap:
+        # counted on the device in batched chunks, so the hot loop neither waits for a host
+        # sync nor launches a kernel
+        self.correct.add((strategy.mb_output.detach(), strategy.mb_y))
         self.seen += len(strategy.mb_y)
 
     def after_training_epoch(self, strategy, **kw):
@@ -388,8 +389,9 @@ class BestValidationPlugin(SupervisedPlugin):
             val_acc, _ = self.ctx.accuracy(*val)
         self.ctx.timer.count("val_images", len(val[1]))
         self.last_val = (state_versions(strategy.model), val_acc)
-        train_acc = int(self.correct) / max(1, self.seen) if self.correct is not None else 0.0
-        self.correct, self.seen = None, 0
+        n_hits = self.correct.total()
+        train_acc = int(n_hits) / max(1, self.seen) if n_hits is not None else 0.0
+        self.correct, self.seen = StepTally(hits), 0
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return

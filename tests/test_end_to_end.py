@@ -35,6 +35,8 @@ def test_end_to_end_writes_every_key(tmp_path, monkeypatch):
     # a short run is measured in pairs (run, floor); the reported pair is the median one
     assert r["pairs"] == len(r["ratios"]) == 3
     assert r["ratio"] == sorted(r["ratios"])[1]
+    q = r["ratio_quartiles"]
+    assert len(q) == 3 and q[0] <= q[1] <= q[2]
     assert set(r["breakdown"]) == set(PARTS)
     assert r["ratio"] == pytest.approx(r["wall_s"] / r["floor_s"])
     assert r["floor_s"] == pytest.approx(r["floor"]["train_s"] + r["floor"]["eval_s"])
@@ -47,6 +49,16 @@ def test_end_to_end_writes_every_key(tmp_path, monkeypatch):
     assert min(r["breakdown"].values()) >= 0 and r["breakdown"]["training"] > 0
     rows = perf_run.format_rows(r)
     assert any("whole run / floor" in a for a, _ in rows)
+
+
+def test_a_floor_measured_first_covers_the_same_work_as_one_measured_after(tmp_path):
+    spec = _spec(tmp_path)
+    protocol = spec.protocol_obj()
+    after = perf_run._pair(spec, protocol, "cpu")
+    first = perf_run._pair(spec, protocol, "cpu", floor_first=True, epochs=after["epochs"])
+    assert first["epochs"] == after["epochs"]
+    for key in ("steps", "samples", "eval_images"):
+        assert first["floor"][key] == after["floor"][key] > 0, key
 
 
 def _final_val_acc(tmp_path, spec) -> tuple[float, float]:
