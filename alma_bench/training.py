@@ -353,7 +353,7 @@ class BestValidationPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.best, self.bad, self.snapshot, self.best_epoch = -1.0, 0, None, 0
-        self.correct, self.seen, self.last_val = StepTally(hits), 0, None
+        self.last_val = None
         self.ctx.epoch_log = []
         self.ctx.epoch_end_masks = []
 
@@ -362,6 +362,7 @@ class BestValidationPlugin(SupervisedPlugin):
         # every module's buffer table, read per step instead of walking the module tree
         self.tables = [m._buffers for m in strategy.model.modules()]
         self.versions, self.mixed = _mask_versions(self.tables), False
+        self.correct, self.seen = StepTally(hits), 0  # this epoch's running accuracy
 
     def after_training_iteration(self, strategy, **kw):
         # Masks that change and come back by the epoch's end (a swap whose regrown zeros are
@@ -391,7 +392,6 @@ class BestValidationPlugin(SupervisedPlugin):
         self.last_val = (state_versions(strategy.model), val_acc)
         n_hits = self.correct.total()
         train_acc = int(n_hits) / max(1, self.seen) if n_hits is not None else 0.0
-        self.correct, self.seen = StepTally(hits), 0
         self.ctx.epoch_log.append((train_acc, val_acc))
         if val_acc != val_acc:  # no validation data: no selection, no early stopping
             return
