@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -19,7 +19,8 @@ from alma_bench.registry import MODELS
 @MODELS.register("mlp")
 @dataclass(frozen=True)
 class MLP:
-    """Multi-layer perceptron on flattened pixels (hidden widths configurable)."""
+    """Multi-layer perceptron on flattened pixels (hidden widths configurable); PyTorch's
+    default initialisation (alma-bench's own, no reference to follow)."""
 
     hidden: tuple[int, ...] = (256, 128)
 
@@ -53,7 +54,9 @@ def _named(i: int, block: list[nn.Module]) -> list[tuple[str, nn.Module]]:
 @MODELS.register("small-cnn")
 @dataclass(frozen=True)
 class SmallCNN:
-    """Three 3x3 conv-BN-ReLU blocks (16/32/64 channels, stride 2 after the first) + linear."""
+    """Three 3x3 conv-BN-ReLU blocks (16/32/64 channels, stride 2 after the first) + linear.
+
+    alma-bench's own small network (no paper to follow): PyTorch's default initialisation."""
 
     width: int = 16
 
@@ -73,7 +76,8 @@ class SimpleCNN:
     """The 5-layer CNN of the sparsity-schedule paper: 3 conv (32/64/64) + 2 linear (256).
 
     ``bn``: a BatchNorm2d after each conv, before its ReLU (bn1..bn3, never pruned: masks are
-    on Conv2d and Linear weights only). Off, the network is the paper's, module for module."""
+    on Conv2d and Linear weights only). Off, the network is the paper's, module for module.
+    Initialisation: PyTorch's defaults (Tessera et al. released no code that says otherwise)."""
 
     # added after runs were published; recorded (and in the run id) only when set
     later_params: ClassVar[dict] = {"bn": False}
@@ -119,7 +123,12 @@ class _BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for CIFAR with 16/32/64 channels (He et al. 2016, section 4.2)."""
+    """ResNet-(6n+2) for CIFAR with 16/32/64 channels (He et al. 2016, section 4.2).
+
+    Initialisation: convs He-normal over fan-out (He et al. 2015, as torchvision's ResNets and
+    the DSR code's networks), BatchNorm 1/0 and the Linear layer PyTorch's defaults. open_lth's
+    cifar_resnet draws He-normal over fan-in for convs and the Linear layer instead, and BN
+    weights uniform; the lottery suite runs this network, so its tickets start from this init."""
 
     def __init__(self, depth: int, in_ch: int, num_classes: int):
         super().__init__()
@@ -171,7 +180,10 @@ def _torchvision_cifar(arch: str, input_shape, num_classes) -> nn.Module:
 @MODELS.register("resnet18")
 @dataclass(frozen=True)
 class ResNet18:
-    """torchvision ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    """torchvision ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool).
+
+    Initialisation: torchvision's (convs He-normal over fan-out, BN 1/0); the stem conv that
+    replaces torchvision's is PyTorch's default."""
 
     def build(self, input_shape, num_classes) -> nn.Module:
         return _torchvision_cifar("resnet18", input_shape, num_classes)
@@ -180,7 +192,10 @@ class ResNet18:
 @MODELS.register("resnet50")
 @dataclass(frozen=True)
 class ResNet50:
-    """torchvision ResNet-50 with the CIFAR stem (the APP paper's model)."""
+    """torchvision ResNet-50 with the CIFAR stem (the APP paper's model).
+
+    Initialisation: torchvision's (convs He-normal over fan-out, BN 1/0); the stem conv is
+    PyTorch's default."""
 
     def build(self, input_shape, num_classes) -> nn.Module:
         return _torchvision_cifar("resnet50", input_shape, num_classes)
@@ -204,13 +219,33 @@ class _WideBlock(nn.Module):
         return o + sc
 
 
+def he_fan_out_init(model: nn.Module) -> None:
+    """IntelAI/dynamic-reparameterization's ``cifar10_WideResNet.reset_parameters``: every conv
+    He-normal over its fan-out (std sqrt(2 / (k * k * out_channels))), BatchNorm weight 1 and
+    bias 0, Linear bias 0 (its weight keeps PyTorch's default, as there)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, (2.0 / n) ** 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 @MODELS.register("wrn-28-2")
 @dataclass(frozen=True)
 class WRN28_2:
-    """Wide ResNet-28-2 (1.5M parameters): the DSR paper's CIFAR-10 model."""
+    """Wide ResNet-28-2 (1.5M parameters): the DSR paper's CIFAR-10 model.
+
+    Initialisation: the DSR paper's code (IntelAI/dynamic-reparameterization, model.py),
+    :func:`he_fan_out_init`; ``init: pytorch`` keeps PyTorch's layer defaults instead (the
+    std of a 32->32 3x3 conv is then 0.034 where the reference draws 0.083)."""
 
     depth: int = 28
     widen: int = 2
+    init: Literal["reference", "pytorch"] = "reference"
 
     def build(self, input_shape, num_classes) -> nn.Module:
         n = (self.depth - 4) // 6
@@ -223,4 +258,7 @@ class WRN28_2:
                 cin = w
         layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
                    nn.Flatten(), nn.Linear(cin, num_classes)]
-        return nn.Sequential(*layers)
+        model = nn.Sequential(*layers)
+        if self.init == "reference":
+            he_fan_out_init(model)
+        return model

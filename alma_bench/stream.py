@@ -168,11 +168,13 @@ class AlmaStream:
         from alma_bench.data import SampleView
 
         d = self.data
-        return with_task_labels(benchmark_from_datasets(
-            train=[self.dataset(m.train) for m in self.megabatches],
-            valid=[self.dataset(m.val) for m in self.megabatches],
-            test=[_avalanche(SampleView(d.test_x, d.test_y, None, d.mean, d.std))],
-        ))
+        # no valid stream without validation data (val_fraction 0: train on every image, as
+        # the DPR paper does); Avalanche cannot label the task of an empty dataset
+        streams = {"train": [self.dataset(m.train) for m in self.megabatches]}
+        if all(len(m.val) for m in self.megabatches):
+            streams["valid"] = [self.dataset(m.val) for m in self.megabatches]
+        streams["test"] = [_avalanche(SampleView(d.test_x, d.test_y, None, d.mean, d.std))]
+        return with_task_labels(benchmark_from_datasets(**streams))
 
     def dataset(self, idx):
         """The Avalanche dataset of training-pool samples ``idx``, in that order: normalised

@@ -7,6 +7,12 @@ to its surviving weights, never where it just pruned; regrown weights start at 0
 optimizer state. H halves when K > (1 + delta) N_p and doubles when K < (1 - delta) N_p. The
 number of active weights never changes; their distribution across layers does.
 
+N_p (``n_prune``) is an absolute count in the reference code: 20,000 for WRN-28-2 (14% of its
+145k active weights at density 0.1). Unset, it scales with the model: the same share of the
+sparse layers' weights as the reference's WRN-28-2 run, 20,000 / 1,451,520 (1.38%), so WRN-28-2
+with the paper's layer set gets exactly 20,000 and a 23k-weight small CNN 317, where a fixed
+600 would move 26% of that CNN's active weights per reallocation and 0.4% of WRN-28-2's.
+
 Time: ``rewire_schedule`` and ``stop`` are fractions of the stream's planned optimizer steps
 (the same clock as gmp's ``begin``/``end``): the position is the planned steps of the earlier
 megabatches plus the steps taken in this one. With N = 1 and E epochs, fraction f is epoch
@@ -62,6 +68,16 @@ def random_structure(seed: int, maskset, density: float) -> dict:
     return random_layer_masks(maskset, density, g)
 
 
+#: N_p of the reference's WRN-28-2 runs over the weights of its sparse layers (the 3x3 convs
+#: inside blocks: 1,451,520), the share an unset ``n_prune`` takes of any model's sparse layers
+N_PRUNE_SHARE = 20_000 / 1_451_520
+
+
+def default_n_prune(sparse_weights: int) -> int:
+    """N_p for a model whose sparse layers hold ``sparse_weights`` weights (dense count)."""
+    return max(1, round(N_PRUNE_SHARE * sparse_weights))
+
+
 class DPRPlugin(RewiringTraining):
     """DPR as a plain Avalanche plugin. The random structure is set before the first
     experience it trains; ``seed`` seeds it and the regrowth; ``run_dir`` (the harness's)
@@ -76,6 +92,13 @@ class DPRPlugin(RewiringTraining):
         self.since = 0  # window steps since the last reallocation, across megabatches
         self.reallocated = self.rewires = 0
         self.started = False
+
+    @property
+    def n_prune(self) -> int:
+        """N_p: the parameter, or the share of the sparse layers' weights when unset."""
+        if self.p.n_prune is not None:
+            return self.p.n_prune
+        return default_n_prune(sum(m.numel() for m in self.maskset.masks.values()))
 
     def position(self) -> float:
         """Fraction of the stream's planned steps done (steps taken in this megabatch)."""
@@ -108,7 +131,7 @@ class DPRPlugin(RewiringTraining):
         self.since = 0
         g = torch.Generator().manual_seed(derive(self.seed, "dpr", self.t, self.exp_step))
         k, _ = reallocate(self.maskset, self.threshold, g, strategy.optimizer)
-        self.threshold = adjust_threshold(self.threshold, k, self.p.n_prune, self.p.delta)
+        self.threshold = adjust_threshold(self.threshold, k, self.n_prune, self.p.delta)
         self.reallocated += k
         self.rewires += 1
 
@@ -119,7 +142,7 @@ class DPRPlugin(RewiringTraining):
 
     def metrics(self) -> dict:
         return {**super().metrics(), "threshold": self.threshold,
-                "reallocated": self.reallocated, "rewires": self.rewires,
+                "reallocated": self.reallocated, "rewires": self.rewires, "n_prune": self.n_prune,
                 "rewire_period": self.period(self.position())}
 
     def state_dict(self) -> dict:
@@ -142,7 +165,9 @@ class DPR:
     rewire_schedule: tuple[tuple[float, ...], ...] = (
         (0.0, 100), (0.125, 200), (0.4, 400), (0.7, 800))
     stop: float = 0.95  # no rewiring after this fraction of the planned steps
-    n_prune: int = 600  # N_p: the number of weights H is tuned to prune per reallocation
+    # N_p: the number of weights H is tuned to prune per reallocation; null: 1.38% of the sparse
+    # layers' weights (the reference's 20,000 on WRN-28-2, see default_n_prune)
+    n_prune: int | None = None
     delta: float = 0.1  # tolerance around N_p
     threshold: float = 1e-3  # H at the start
     # the suite-wide default layer set (every conv, no Linear layer), so densities compare
@@ -168,7 +193,7 @@ class DPR:
         object.__setattr__(self, "rewire_schedule", tuple((float(s), int(p)) for s, p in pairs))
         if not 0 <= self.stop <= 1:
             raise ValueError(f"stop must be in [0, 1], got {self.stop}")
-        if self.n_prune < 1:
+        if self.n_prune is not None and self.n_prune < 1:
             raise ValueError(f"n_prune must be >= 1, got {self.n_prune}")
         if not 0 <= self.delta < 1:
             raise ValueError(f"delta must be in [0, 1), got {self.delta}")

@@ -2,12 +2,14 @@
 
 Every ``update_period`` steps each layer l is brought to exactly round(d_l(s) x n_l) weights:
 pruned by magnitude (MP) or at random (RP) when above it, regrown at random (RR) when below,
-and ``drop_fraction`` of its surviving weights are swapped (pruned, regrown at random
-elsewhere), optionally cosine-decayed (RigL). ``drop_by`` is the swap's criterion, which
-ALGORITHMS.md leaves open: ``pruner`` (the default, as the published runs) drops by the same
-scores as the scheduled pruning, so RP-RR swaps at random; ``magnitude`` drops the smallest
-|w| among the survivors, as SET and RigL do, whatever the scheduled pruner. Regrown weights
-start at 0 with zeroed optimizer state.
+and ``drop_fraction`` of its surviving weights are swapped (dropped, regrown at random),
+optionally cosine-decayed (RigL). The swap is SET's as RigL's code runs it, by default:
+``drop_by: magnitude`` drops the smallest |w| among the survivors whatever the scheduled
+pruner (``pruner`` drops by the scheduled pruner's scores instead, so RP-RR swaps at random),
+and ``regrow_dropped: true`` lets growth pick a just-dropped position, which then keeps its
+value and optimizer state (``false`` is DSR's rule: regrowth only where the layer was off, so
+every swapped weight comes back as a new zero one, a larger effective swap). Newly grown
+weights start at 0 with zeroed optimizer state.
 
 The schedule d_l(s) (any registered one, per layer if wanted) runs from ``initial_density`` to
 ``density`` over [``begin``, ``end``] of the stream's planned optimizer steps, as gmp's does:
@@ -93,7 +95,7 @@ class PruneRegrowPlugin(RewiringTraining):
     def update_masks(self, targets: dict[str, float], drop: float, strategy) -> None:
         g = torch.Generator().manual_seed(derive(self.seed, "prune-regrow", self.t, self.exp_step))
         set_layer_densities(self.maskset, targets, self.pruner, drop, g, strategy.optimizer,
-                            drop_by=self.p.drop_by)
+                            drop_by=self.p.drop_by, regrow_dropped=self.p.regrow_dropped)
 
     def before_training_exp(self, strategy, **kw):
         super().before_training_exp(strategy, **kw)
@@ -141,9 +143,9 @@ def layer_schedules(schedule: str | dict, names: list[str]) -> dict:
 class PruneRegrow:
     """Prune (magnitude or random) and regrow at random to a per-layer density schedule."""
 
-    # fields added after the first published runs, with the value that leaves their numbers
-    # as they were: recorded (and so in the run id) only when set otherwise
-    later_params: ClassVar[dict] = {"drop_by": "pruner"}
+    # revision 2: the swap's defaults became SET's (drop_by magnitude, regrow_dropped true);
+    # every field is recorded, so no run made under the old defaults is reused
+    revision: ClassVar[int] = 2
 
     density: float = 0.1  # final density d_T of every layer (the seeded table's 10%)
     initial_density: float = 1.0  # d_0
@@ -152,8 +154,11 @@ class PruneRegrow:
     update_period: int = 20  # optimizer steps between mask updates
     drop_fraction: float = 0.3  # share of surviving weights swapped per update (SET's 0.3)
     drop_decay: Literal["none", "cosine"] = "none"
-    # the swap drops by the scheduled pruner's scores, or the smallest |w| (SET, RigL)
-    drop_by: Literal["pruner", "magnitude"] = "pruner"
+    # the swap drops the smallest |w| (SET, RigL), or by the scheduled pruner's scores
+    drop_by: Literal["pruner", "magnitude"] = "magnitude"
+    # growth may land on a just-dropped position, which keeps its weight and momentum (SET as
+    # RigL's code runs it); false: DSR's rule, regrowth only where the layer was already off
+    regrow_dropped: bool = True
     begin: float = 0.0  # schedule start, as a fraction of the stream's planned steps
     end: float = 1.0  # d_T reached here, then held
     prune_first: bool = True  # the suite-wide default layer set: every conv, no Linear layer

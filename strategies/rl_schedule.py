@@ -176,8 +176,8 @@ class RLSchedulePlugin(PruneRegrowPlugin):
 class RLSchedule:
     """Prune-regrow with per-layer densities chosen by a RecurrentPPO agent (learned schedule)."""
 
-    # added after the first published runs; recorded (and in the run id) only when set
-    later_params: ClassVar[dict] = {"drop_by": "pruner"}
+    # revision 2: the swap's defaults became SET's, as prune-regrow's (its revision 2)
+    revision: ClassVar[int] = 2
 
     density: float = 0.1  # final global density over the prunable weights
     min_density: float = 0.05  # the agent's range per layer (action [-1, 1] mapped onto it)
@@ -185,7 +185,8 @@ class RLSchedule:
     pruner: Literal["magnitude", "random"] = "magnitude"  # MP-RR or RP-RR
     update_period: int = 20  # optimizer steps between decisions (the env's interval)
     drop_fraction: float = 0.3
-    drop_by: Literal["pruner", "magnitude"] = "pruner"  # the swap's criterion (prune-regrow)
+    drop_by: Literal["pruner", "magnitude"] = "magnitude"  # the swap's criterion (prune-regrow)
+    regrow_dropped: bool = True  # the swap may regrow just-dropped weights (prune-regrow)
     reward: Literal["terminal", "delta"] = "terminal"  # final val acc, or its change per step
     agent: str | None = None  # a saved agent (.zip); none: train one in the run
     episodes: int = 25  # when training in the run (the paper's agent needed 25 to 50)
@@ -226,7 +227,8 @@ class RLSchedule:
         """The prune-regrow whose cadence and mask updates this strategy uses."""
         return PruneRegrow(density=self.density, schedule="constant", pruner=self.pruner,
                            update_period=self.update_period, drop_fraction=self.drop_fraction,
-                           drop_by=self.drop_by, prune_first=self.prune_first,
+                           drop_by=self.drop_by, regrow_dropped=self.regrow_dropped,
+                           prune_first=self.prune_first,
                            prune_last=self.prune_last, prune_linear=self.prune_linear)
 
     def env_config(self, stream: dict, model: dict, protocol: dict):
@@ -236,7 +238,8 @@ class RLSchedule:
             stream=stream, model=model, protocol=protocol, density=self.density,
             min_density=self.min_density, max_density=self.max_density, pruner=self.pruner,
             update_period=self.update_period, drop_fraction=self.drop_fraction,
-            drop_by=self.drop_by, reward=self.reward, prune_first=self.prune_first,
+            drop_by=self.drop_by, regrow_dropped=self.regrow_dropped, reward=self.reward,
+            prune_first=self.prune_first,
             prune_last=self.prune_last, prune_linear=self.prune_linear)
 
     def plugins(self, ctx) -> list:

@@ -223,25 +223,26 @@ def test_keep_dense_takes_1x1_convs_out():
     assert not hasattr(model[1], "weight_mask")
 
 
-def test_a_default_drop_by_leaves_the_recorded_params_and_run_ids_as_before(tmp_path):
-    """drop_by was added after the published runs: at its default it is not recorded, so
-    every prune-regrow and rl-schedule run keeps its id; set, it is recorded and moves it."""
+def test_the_swap_defaults_are_sets_recorded_and_move_the_run_id(tmp_path):
+    """The swap's defaults are SET's as RigL runs it (drop_by magnitude, regrow_dropped true);
+    every field is recorded and the strategy revision is 2, so no run made under the old
+    defaults (drop_by pruner, regrowth never on just-dropped weights) is reused; each choice
+    moves the id."""
     for name in ["prune-regrow", "rl-schedule"]:
         cls = STRATEGIES.get(name).cls
-        assert cls.later_params == {"drop_by": "pruner"}
-        assert STRATEGIES.get(name).params()["drop_by"] == "pruner"  # the same default
+        assert cls.revision == 2 and not getattr(cls, "later_params", {})
+        defaults = STRATEGIES.get(name).params()
+        assert defaults["drop_by"] == "magnitude" and defaults["regrow_dropped"] is True
         ids, params = [], []
-        for extra in [{}, {"drop_by": "pruner"}, {"drop_by": "magnitude"}]:
+        for extra in [{}, {"drop_by": "pruner"}, {"regrow_dropped": False}]:
             suite = write_suite(tmp_path / "s.yaml", stream=STREAM, strategies=[
                 {"name": name, "params": {"density": 0.5, "pruner": "random", **extra}}])
             (spec,) = load_suite(str(suite)).runs
             ids.append(spec.run_id)
             params.append(spec.strategy["params"])
-        before = {k: v for k, v in dataclasses.asdict(
-            STRATEGIES.create(name, density=0.5, pruner="random")).items() if k != "drop_by"}
-        assert params[0] == params[1] == before  # what a run recorded before drop_by existed
-        assert params[2] == {**before, "drop_by": "magnitude"}
-        assert ids[0] == ids[1] != ids[2]
+            assert spec.identity()["strategy_revision"] == 2
+        assert params[0]["drop_by"] == "magnitude" and params[0]["regrow_dropped"] is True
+        assert len(set(ids)) == 3
         with pytest.raises(UserError, match="drop_by"):
             STRATEGIES.create(name, drop_by="random")
 
@@ -496,3 +497,118 @@ def test_static_random_is_dpr_initial_density_per_layer(runs):
     assert math.isclose(rows[0]["density"],
                         (round(10.8) + round(28.8) + round(115.2)) / (108 + 288 + 1152))
 
+
+
+# ---------------------------------------------------------------- fidelity to the references
+
+
+def _swap(regrow_dropped: bool, density: float, seed: int):
+    """One swap (no scheduled change) of a toy layer at ``density``: masks before and after,
+    weights and momentum before, and the weights and momentum after."""
+    model, ms, opt = _toy(density, seed)
+    before = {n: m.clone() for n, m in ms.masks.items()}
+    w0 = {n: w.detach().clone() for n, w in ms.weights.items()}
+    m0 = {n: opt.state[w]["momentum_buffer"].clone() for n, w in ms.weights.items()}
+    dens = {n: int(m.sum()) / m.numel() for n, m in ms.masks.items()}
+    set_layer_densities(ms, dens, PRUNERS.create("magnitude", scope="layer"), 0.5,
+                        torch.Generator().manual_seed(seed), opt, drop_by="magnitude",
+                        regrow_dropped=regrow_dropped)
+    return ms, opt, before, w0, m0
+
+
+def test_set_swap_may_regrow_a_just_dropped_weight_which_keeps_value_and_momentum():
+    """RigL's SET: growth may pick a just-dropped position; that weight never left the mask,
+    so it keeps its value and momentum; truly new positions start at 0 with no momentum."""
+    back = 0
+    for seed in range(6):
+        ms, opt, before, w0, m0 = _swap(True, 0.7, seed)
+        for n, m in ms.masks.items():
+            w, mom = ms.weights[n].detach(), opt.state[ms.weights[n]]["momentum_buffer"]
+            assert int(m.sum()) == int(before[n].sum())  # the count is unchanged
+            stayed = m & before[n]
+            assert torch.equal(w[stayed], w0[n][stayed] * 1)  # values kept where on before
+            assert torch.equal(mom[stayed], m0[n][stayed])
+            new = m & ~before[n]
+            assert not w[new].any() and not mom[new].any()
+            # floor(0.5 * survivors) dropped by |w|: the kept ones are the largest
+            alive = int(before[n].sum())
+            dropped = before[n] & ~m
+            assert int(new.sum()) == int(dropped.sum()) <= alive // 2
+            back += alive // 2 - int(dropped.sum())  # dropped, then regrown in place
+    assert back > 0  # at density 0.7 most of the regrowth lands back on dropped positions
+
+
+def test_dsr_rule_never_regrows_where_it_just_dropped():
+    """regrow_dropped=False (DSR's rule) and dpr's reallocation: no swapped position comes
+    back in the same update."""
+    for seed in range(6):
+        ms, _, before, _, _ = _swap(False, 0.3, seed)
+        for n, m in ms.masks.items():
+            assert int(m.sum()) == int(before[n].sum())
+            assert (before[n] & ~m).any()  # something was swapped
+            # every regrown position was off before: nothing dropped came back
+            assert int((m & before[n]).sum()) == int(before[n].sum()) - int((before[n] & ~m).sum())
+        model, ms, opt = _toy(0.3, seed)
+        old = {n: m.clone() for n, m in ms.masks.items()}
+        k, pruned = reallocate(ms, 0.8, torch.Generator().manual_seed(seed), opt)
+        assert k > 0
+        for n, m in ms.masks.items():
+            assert not (m & pruned[n]).any() and torch.equal(pruned[n] & ~old[n],
+                                                             torch.zeros_like(m))
+
+
+def test_dpr_n_prune_paper_scale_and_default_rule():
+    """dpr-trainability's paper scale sets the reference's N_p = 20,000; unset, N_p is the
+    same share of any model's sparse layers (20,000 on WRN-28-2 with the paper's layers)."""
+    runs = [r for r in load_suite("dpr-trainability", "paper").runs
+            if r.strategy["name"] == "dpr"]
+    assert runs and all(r.strategy["params"]["n_prune"] == 20000 for r in runs)
+    assert STRATEGIES.get("dpr").params()["n_prune"] is None
+    quick = [r for r in load_suite("dpr-trainability", "quick").runs
+             if r.strategy["name"] == "dpr"]
+    assert quick and all(r.strategy["params"]["n_prune"] is None for r in quick)
+    for name, want in [("wrn-28-2", 20000), ("small-cnn", 317)]:
+        model = build_model({"name": name}, (3, 32, 32), 10)
+        plugin = dpr_module.DPRPlugin(STRATEGIES.create("dpr", prune_first=False,
+                                                         prune_1x1=False), model=model)
+        assert plugin.n_prune == want
+    assert dpr_module.default_n_prune(100) == 1  # never 0
+
+
+def test_wrn_conv_init_is_he_normal_fan_out_as_the_dsr_code():
+    torch.manual_seed(0)
+    model = build_model({"name": "wrn-28-2"}, (3, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        k = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+        if conv.weight.numel() >= 4000:  # a std estimate within 5% needs enough draws
+            assert abs(conv.weight.std().item() / math.sqrt(2 / k) - 1) < 0.05
+    fc = [m for m in model.modules() if isinstance(m, nn.Linear)][0]
+    assert not fc.bias.any()
+    torch.manual_seed(0)
+    plain = build_model({"name": "wrn-28-2", "init": "pytorch"}, (3, 32, 32), 10)
+    w = [m for m in plain.modules() if isinstance(m, nn.Conv2d)][2].weight
+    assert w.std().item() < 0.05  # PyTorch's default (0.034 for 32->32 3x3), not the reference
+
+
+@pytest.mark.parametrize("name", ["dense", "static", "dpr", "prune-regrow", "gmp"])
+def test_keep_best_false_keeps_every_strategys_last_epoch_and_moves_the_id(name, tmp_path):
+    """The selection rule is the suite's protocol (keep_best): false keeps the last epoch of
+    every megabatch for every strategy (the DPR paper reports the end of training), and the
+    setting is part of the run id."""
+    params = {"dpr": {"density": 0.3, **DPR_FAST}, "static": {"density": 0.3},
+              "prune-regrow": {"density": 0.3, "update_period": 2}, "gmp": {"density": 0.3},
+              "dense": {}}[name]
+    ids = []
+    for keep_best in (True, False):
+        suite = write_suite(tmp_path / f"s{keep_best}.yaml", stream=STREAM, strategies=[
+            {"name": name, "params": params}], protocol={"epochs": 4, "batch_size": 16,
+                                                        "patience": None, "keep_best": keep_best})
+        (spec,) = load_suite(str(suite)).runs
+        ids.append(spec.run_id)
+        if not keep_best:
+            execute(spec, tmp_path / "out", device="cpu")
+            folder = RunDir(tmp_path / "out", spec.results_name, spec.run_id).path
+            rows = read_rows(folder / "metrics.jsonl")
+            assert [(r["best_epoch"], r["epochs_trained"]) for r in rows] == [(4, 4)] * 3
+    assert ids[0] != ids[1]

@@ -147,21 +147,25 @@ def test_config_mismatch_is_one_line_error(tmp_path):
         rl.load_agent(tmp_path / "missing.zip", TINY)
 
 
-def test_drop_by_reaches_the_env_and_a_default_leaves_agent_configs_as_before(monkeypatch):
+def test_the_swap_choices_reach_the_env_and_its_config(monkeypatch):
     from alma_bench.registry import STRATEGIES
     from alma_bench.rl import env as env_module
 
     mag = dataclasses.replace(TINY, drop_by="magnitude")
-    # at the default the field is not in the JSON (shared-agent keys and saved agents stay)
-    assert "drop_by" not in TINY.to_json() and mag.to_json()["drop_by"] == "magnitude"
-    assert EnvConfig.from_json(TINY.to_json()) == TINY
+    pru = dataclasses.replace(TINY, drop_by="pruner", regrow_dropped=False)
+    # every field is in the JSON: an agent saved for the old swap is another env's
+    assert mag.to_json()["drop_by"] == "magnitude" and pru.to_json()["regrow_dropped"] is False
+    assert EnvConfig.from_json(pru.to_json()) == pru
     assert EnvConfig.from_json(mag.to_json()) == mag
-    assert TINY.differences(mag) == mag.differences(TINY) == ["drop_by"]
+    assert pru.differences(mag) == mag.differences(pru) == ["drop_by", "regrow_dropped"]
     with pytest.raises(UserError, match="drop_by"):
         dataclasses.replace(TINY, drop_by="random")
     strategy = STRATEGIES.create("rl-schedule", drop_by="magnitude", pruner="random")
     assert strategy.prune_regrow().drop_by == "magnitude"
     assert strategy.env_config(TINY.stream, TINY.model, TINY.protocol).drop_by == "magnitude"
+    strategy = STRATEGIES.create("rl-schedule", regrow_dropped=False)
+    assert strategy.prune_regrow().regrow_dropped is False
+    assert strategy.env_config(TINY.stream, TINY.model, TINY.protocol).regrow_dropped is False
 
     calls, orig = [], env_module.set_layer_densities
 
@@ -323,7 +327,8 @@ def test_agent_seed_trains_one_agent_shared_by_the_runs_of_a_config(tmp_path):
 
 def test_sparsity_schedules_quick_trains_the_bn_simple_cnn_and_the_other_scales_do_not():
     """Only the quick scale adds BatchNorm (at its budget the BN-free net trains no sparse
-    network); handcrafted and learned rows share it, and RP-RR swaps by magnitude in both."""
+    network); handcrafted and learned rows share it, and every row swaps as SET does (by
+    magnitude, just-dropped weights may regrow: written for RP-RR, the default for the rest)."""
     from alma_bench.config import load_suite
 
     for scale, model in [(None, {"name": "simple-cnn"}), ("smoke", {"name": "simple-cnn"}),
@@ -333,8 +338,9 @@ def test_sparsity_schedules_quick_trains_the_bn_simple_cnn_and_the_other_scales_
         assert len(runs) == 75 if scale != "smoke" else 25
         assert all(r.model == model for r in runs)
         for r in runs:
-            drop_by = r.strategy["params"].get("drop_by")
-            assert drop_by == ("magnitude" if r.label.startswith("rp-rr") else None)
+            params = r.strategy["params"]
+            if r.label != "dense":
+                assert params["drop_by"] == "magnitude" and params["regrow_dropped"] is True
 
 
 def test_sparsity_schedules_smoke_has_the_learned_row_at_the_exact_target(tmp_path):

@@ -55,8 +55,9 @@ from alma_bench.stream import build_stream
 # real values stay far below them: |w| means ~0.01-1, gradient norms ~0.001-10, losses ~0-5).
 MAX_WEIGHT, MAX_GRAD, MAX_LOSS = 10.0, 100.0, 100.0
 TRAIN_SPLIT_SEED = 20220930  # one fixed agent-train split of the pool for every episode
-# EnvConfig fields added after agents were saved, with the value that leaves them valid
-LATER_FIELDS = {"drop_by": "pruner"}
+# EnvConfig fields added after agents were saved, with the value that leaves them valid (none
+# now: the swap's defaults became SET's, so every agent saved before is for another env)
+LATER_FIELDS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class EnvConfig:
     pruner: Literal["magnitude", "random"] = "magnitude"  # MP-RR or RP-RR
     update_period: int = 20  # optimizer steps between decisions inside a rewiring window
     drop_fraction: float = 0.3
-    drop_by: Literal["pruner", "magnitude"] = "pruner"  # the swap's criterion (prune-regrow)
+    drop_by: Literal["pruner", "magnitude"] = "magnitude"  # the swap's criterion (prune-regrow)
+    regrow_dropped: bool = True  # the swap may regrow just-dropped weights (SET; prune-regrow)
     reward: Literal["terminal", "delta"] = "terminal"
     prune_first: bool = True
     prune_last: bool = False
@@ -392,7 +394,7 @@ class SparsityScheduleEnv(gym.Env):
             derive(self.seeds.strategy, "prune-regrow", self.t, self.exp_step))
         set_layer_densities(self.maskset, targets, self.pruner,
                             0.0 if iv.first else c.drop_fraction, g, self.optimizer,
-                            drop_by=c.drop_by)
+                            drop_by=c.drop_by, regrow_dropped=c.regrow_dropped)
         self.schedule.append(targets)
         self.stats = IntervalStats(len(self.names))
         for _ in range(iv.steps):

@@ -9,12 +9,15 @@
 * The artifacts a dynamic run leaves for static retraining (the DPR paper's experiments b, c).
 
 Every mask change goes through :meth:`MaskSet.update`, which starts regrown weights at 0 and
-zeroes their optimizer state. Regrowth never lands on a position pruned in the same update, so
-a pruned weight cannot come straight back as a "new" one.
+zeroes their optimizer state wherever a mask bit flips. DSR's reallocation never regrows where
+it just pruned (its paper's rule). The prune-and-regrow swap follows RigL's SET by default
+(``regrow_dropped``): growth may pick a just-dropped position, whose bit then never flipped, so
+that weight keeps its value and optimizer state.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -133,17 +136,31 @@ DROP_BY = ("pruner", "magnitude")
 
 def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner,
                         drop_fraction: float, generator: torch.Generator | None,
-                        optimizer=None, drop_by: str = "pruner") -> dict[str, torch.Tensor]:
+                        optimizer=None, drop_by: str = "pruner",
+                        regrow_dropped: bool = False) -> dict[str, torch.Tensor]:
     """Bring each named layer to exactly round(d_l * n_l) active weights (section 9).
 
     A layer above its target is pruned by ``pruner``'s scores (magnitude: MP, random: RP); one
-    below it regrows at random among its zeros (RR). Then ``drop_fraction`` of the surviving
-    weights are swapped: pruned and as many regrown at random, never where this update
-    pruned, so the swap is capped by the layer's free positions (a dense layer swaps
-    nothing). Which survivors the swap drops is ``drop_by``: ``pruner``, the lowest-scored by
-    the same pruner (RP-RR then drops at random); ``magnitude``, the smallest |w| among the
-    survivors of the scheduled pruning, as SET and RigL drop. Layers not in ``densities``
-    are left alone. Returns the new masks.
+    below it regrows at random among its zeros (RR). Then a fraction ``drop_fraction`` of the
+    surviving weights is swapped: dropped, and as many regrown at random. Which survivors the
+    swap drops is ``drop_by``: ``pruner``, the lowest-scored by the same pruner (RP-RR then
+    drops at random); ``magnitude``, the smallest |w| among the survivors of the scheduled
+    pruning, as SET and RigL drop.
+
+    Where the swap may regrow is ``regrow_dropped``:
+
+    * ``True``, RigL's SET (``rigl/sparse_optimizers.py``): floor(drop_fraction * survivors)
+      are dropped and as many grown among every position off after the drop, just-dropped
+      ones included; a just-dropped weight picked again never left the mask, so it keeps its
+      value and optimizer state (only positions that were off before the update are new).
+      A dense layer then swaps onto itself: no change, as in RigL.
+    * ``False``, DSR's rule: round(drop_fraction * survivors) are dropped and regrown only
+      where the layer was already off before this update, so every swapped weight is replaced
+      by a new zero one and the swap is capped by the layer's free positions.
+
+    Positions the *scheduled* pruning removed are never regrown in the same update, in either
+    mode: the schedule's pruning is the pruner's decision, not a swap. Layers not in
+    ``densities`` are left alone. Returns the new masks.
     """
     if drop_by not in DROP_BY:
         raise ValueError(f"drop_by must be one of {', '.join(DROP_BY)}, got {drop_by!r}")
@@ -156,16 +173,22 @@ def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner
         target = round(check_density(densities[name]) * n)
         survive = min(alive, target)  # survivors of bringing the layer down to its target
         grow = target - survive
-        drop = max(0, min(round(drop_fraction * survive), (n - alive) - grow))
-        alive_flat = m.reshape(-1)
-        if drop_by == "magnitude":  # scheduled pruning by the pruner, the swap by |w|
-            alive_flat = _keep_top(scores[name].reshape(-1), alive_flat, survive)
-            kept = _keep_top(maskset.weights[name].detach().abs().reshape(-1), alive_flat,
-                             survive - drop)
+        if regrow_dropped:
+            drop = math.floor(drop_fraction * survive)
         else:
+            drop = max(0, min(round(drop_fraction * survive), (n - alive) - grow))
+        alive_flat = m.reshape(-1)
+        # the survivors of the scheduled pruning (by the pruner's scores)
+        scheduled = _keep_top(scores[name].reshape(-1), alive_flat, survive)
+        if drop_by == "magnitude":  # the swap drops by |w|
+            kept = _keep_top(maskset.weights[name].detach().abs().reshape(-1), scheduled,
+                             survive - drop)
+        else:  # the swap drops the next lowest-scored (the top survive - drop of the same scores)
             kept = _keep_top(scores[name].reshape(-1), alive_flat, survive - drop)
         kept = kept.reshape(m.shape)
-        new[name] = random_grow(kept, grow + drop, generator, exclude=m & ~kept)
+        # never where the scheduled pruning just pruned; where the swap dropped only under SET
+        exclude = m & ~scheduled.reshape(m.shape) if regrow_dropped else m & ~kept
+        new[name] = random_grow(kept, grow + drop, generator, exclude=exclude)
     maskset.update(new, optimizer)
     return new
 
