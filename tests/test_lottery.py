@@ -20,7 +20,7 @@ from alma_bench.sparsity import MaskSet
 from alma_bench.sparsity.masks import BUFFER
 from alma_bench.store import read_rows
 from alma_bench.strategies.imp import IMP
-from alma_bench.strategies.imp_q import magnitude_level, prune_level, run_episode
+from alma_bench.strategies.imp_q import IMPQ, magnitude_level, new_agent, prune_level
 
 VOLATILE = {"wall_time"}
 
@@ -157,33 +157,37 @@ def test_q_update_on_a_hand_computed_two_step_example():
         0.5 * (0.9 * -0.25))
     assert table.update(s1, 1, -0.5, None, None, alpha, gamma) == pytest.approx(
         -0.25 + 0.5 * (-0.5 + 0.25))
-    assert table.q(s0) == pytest.approx([-0.1125, 0.0])
-    assert table.greedy(s0) == 0  # b was never tried in s0: the applied policy ignores it
-    assert table.best(s0) == 1  # the learner's optimism does not
-    assert table.greedy((2, (1,))) is None
+    assert table.q(s0) == pytest.approx([-0.1125, 0.0])  # b untried in s0: its prior, 0
+    assert table.best(s0) == 1
+    assert table.tried(s0) == [True, False]
+    # pooled: b's prior in s0 is the mean of init 0 and its Q where tried (s1)
+    pooled = QTable.from_json({**table.to_json(), "pooled": True})
+    assert pooled.q(s0) == pytest.approx([-0.1125, 0.5 * (0.0 + -0.375)])
+    assert pooled.best(s0) == 0
     again = QTable.from_json(json.loads(json.dumps(table.to_json())))
     assert again.values == table.values and again.visits == table.visits
     assert again.actions == table.actions and s1 in again.values  # tuple keys survive JSON
 
 
 def test_epsilon_decays_as_configured():
-    exp = EpsilonSchedule(1.0, 0.1, episodes=5, kind="exponential")
-    lin = EpsilonSchedule(1.0, 0.1, episodes=5, kind="linear")
+    exp = EpsilonSchedule(1.0, 0.1, horizon=5, kind="exponential")
+    lin = EpsilonSchedule(1.0, 0.1, horizon=5, kind="linear")
     assert [exp(e) for e in range(5)] == pytest.approx([0.1 ** (e / 4) for e in range(5)])
     assert [lin(e) for e in range(5)] == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
     assert exp(9) == pytest.approx(0.1)  # held at the end
     agent = QAgent([(0, 0.1), (1, 0.1)], 0.5, 0.9, lin, seed=3)
     seen = []
-    for _ in range(5):
+    for _ in range(5):  # per decision: the run's levels are one episode
         seen.append(agent.epsilon)
-        agent.end_episode()
+        agent.act((0,))
     assert seen == pytest.approx([lin(e) for e in range(5)])
     # epsilon 1: uniform over the feasible actions only; epsilon 0: greedy
     explore = QAgent([(0,), (1,), (2,)], 0.5, 0.9, EpsilonSchedule(1.0, 1.0, 1), seed=0)
-    assert {explore.act((0,), [True, False, True]) for _ in range(50)} == {0, 2}
+    assert {explore.act((0,), [True, False, True]) for _ in range(50)} == {(0, True),
+                                                                           (2, True)}
     greedy = QAgent([(0,), (1,)], 0.5, 0.9, EpsilonSchedule(0.0, 0.0, 1, "linear"), seed=0)
     greedy.learn((0,), 0, -1.0, None)
-    assert {greedy.act((0,)) for _ in range(20)} == {1}
+    assert {greedy.act((0,)) for _ in range(20)} == {(1, False)}
     with pytest.raises(ValueError):
         EpsilonSchedule(1.0, 0.0, 5, "exponential")
 
@@ -194,36 +198,12 @@ def _tiny_masks(seed=0):
     return model, MaskSet(model, prune_first=True, prune_last=False, prune_linear=False)
 
 
-@pytest.mark.parametrize("final", [None, 0.3])
-def test_imp_q_episode_ends_at_the_target_density(final):
+def test_unvisited_state_prunes_as_imp():
+    # an agent that learned nothing, in a state it never saw: ties go to plain magnitude
     model, ms = _tiny_masks()
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    levels = 5
-    densities = IMP(density=final).level_densities(levels)
-    actions = [(i, f) for i in range(len(ms.names)) for f in (0.1, 0.2, 0.3)]
-    agent = QAgent(actions, 0.9, 0.9, EpsilonSchedule(1.0, 0.1, 4), seed=1)
-    for _ in range(4):
-        model.load_state_dict(start)
-        errors: list[float] = []
-
-        def val_error(seen=errors):
-            seen.append(ms.density())
-            return 0.5
-
-        run_episode(agent, ms, densities, val_error, buckets=10)
-        # one evaluation per level, each at the level's exact count
-        assert [round(d * ms.numel()) for d in errors] == [
-            round(d * ms.numel()) for d in densities[1:]]
-        assert ms.kept() == round(densities[-1] * ms.numel())
-    assert agent.episode == 4 and len(agent.returns) == 4
-    assert all(r == pytest.approx(-0.5 * levels) for r in agent.returns)
-
-
-def test_unvisited_state_falls_back_to_imp():
-    model, ms = _tiny_masks()
-    table = QTable([(0, 0.1)])
-    decision = prune_level(table, ms, 1, 0.8, buckets=10)
-    assert decision == [1, None, None, 0, "magnitude"]
+    agent = new_agent(IMPQ(epsilon_start=0.0), ms, 3, seed=0)
+    decision = prune_level(agent, ms, 1, [1.0, 0.8, 0.64, 0.512], lambda: (0.5, 1.0), buckets=10)
+    assert (decision["action"], decision["layer"], decision["reward"]) == (0, None, 0.0)
     _, ref = _tiny_masks()
     magnitude_level(ref, 0.8)
     assert all(torch.equal(ms.masks[n], ref.masks[n]) for n in ms.names)
@@ -234,7 +214,8 @@ def imp_q_runs(tmp_path_factory):
     """An uninterrupted imp-q run, and one killed after megabatch 3 then resumed; plus the
     checkpoint the kill left (the model level 3 is pruned from)."""
     base = tmp_path_factory.mktemp("impq")
-    spec = _spec("imp-q", {"episodes": 6, "episode_steps": 4})
+    # two warm-up episodes on train networks, then the run's own levels (one more episode)
+    spec = _spec("imp-q", {"episodes": 2, "episode_steps": 4})
     ref = _execute(spec, base / "ref")
     killed = _execute(spec, base / "killed", kill_after=3)
     assert len(read_rows(killed / "metrics.jsonl")) == 3
@@ -251,17 +232,21 @@ def test_imp_q_resumed_run_is_identical(imp_q_runs):
     assert [r["density"] for r in rows] == pytest.approx([1, 0.8, 0.64, 0.512], abs=1e-3)
     q_ref = json.loads((ref / "artifacts" / "q_table.json").read_text())
     assert q_ref == json.loads((resumed / "artifacts" / "q_table.json").read_text())
-    assert q_ref["episode"] == 6 and len(q_ref["returns"]) == 6
+    assert q_ref["episode"] == 3 and len(q_ref["returns"]) == 3
+    assert q_ref["decisions"] == 3 * 3  # three levels per episode
 
 
-def test_greedy_policy_from_saved_q_table_reproduces_the_decisions(imp_q_runs):
+def test_agent_from_the_checkpoint_reproduces_the_next_decision(imp_q_runs):
     ref, _, after3 = imp_q_runs
-    table = QTable.from_json(json.loads((ref / "artifacts" / "q_table.json").read_text())["table"])
+    ckpt = torch.load(after3, weights_only=False)
+    agent = QAgent.from_state(ckpt["plugins"][0]["agent"])  # as it was before level 3
     model, ms = _tiny_masks(seed=123)  # weights and masks come from the checkpoint
-    model.load_state_dict(torch.load(after3, weights_only=False)["model"])
-    decision = prune_level(table, ms, 3, 0.8 ** 3, buckets=10)
-    assert decision[-1] == "q"  # the table's choice, not the fallback
-    assert decision == _rows(ref)[3]["q_decisions"][0]
+    model.load_state_dict(ckpt["model"])
+    decision = prune_level(agent, ms, 3, [0.8 ** lv for lv in range(4)],
+                           lambda: (0.5, 1.0), buckets=10)
+    logged = _rows(ref)[3]["q_decisions"][0]
+    same = ("level", "action", "layer", "fraction", "cut", "choice", "differs")
+    assert {k: decision[k] for k in same} == {k: logged[k] for k in same}
     final = torch.load(ref / "artifacts" / "final_masks.pt", weights_only=True)
     assert set(final) == set(ms.names)
     assert all(torch.equal(ms.masks[n], final[n]) for n in ms.names)
