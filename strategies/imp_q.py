@@ -45,12 +45,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from alma_bench.config import derive
-from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 from alma_bench.rl.qlearn import EpsilonSchedule, QAgent, QTable
+from alma_bench.run.models import build_model
 from alma_bench.sparsity.masks import MaskSet
-from alma_bench.store import atomic_write_text
+from alma_bench.spec.config import derive
+from alma_bench.store.files import atomic_write_text
 from alma_bench.strategies.imp import IMPPlugin, Lottery
 
 Q_TABLE = "q_table.json"  # the learned agent (QAgent.state_dict), under the run's artifacts/
@@ -117,7 +117,7 @@ def _episode_batches(ctx, p: IMPQ, episode: int):
 def learn_agent(ctx, p: IMPQ, densities: list[float]) -> QAgent:
     """Q-learning over ``p.episodes`` episodes on a train network (module docstring);
     ``densities[l]`` is level l's density, the last one the final density."""
-    from alma_bench.training import build_optimizer
+    from alma_bench.run.training import build_optimizer
 
     # the global RNG is forked: learning must not shift the run's own random draws, or a run
     # resumed with a loaded table would differ from one that learned it in-process
