@@ -1,5 +1,9 @@
 """One run: a RunSpec in, a result directory out. Resumable after any kill.
 
+``execute`` follows the protocol of a run, one named step each: open (or reuse) the run
+directory, build the stream, the model, the strategy and its training template, restore from
+the last checkpoint, then per megabatch train, measure, commit; finish with the summary.
+
 Determinism: every random draw of megabatch t (data order, augmentation, dropout, a strategy's
 sample) comes from a generator seeded by (run seed, purpose, t), so resuming at megabatch t
 from its checkpoint replays exactly what an uninterrupted run does.
@@ -11,7 +15,9 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +25,7 @@ from alma_bench import __version__
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
 from alma_bench.run.data import Normalizer
+from alma_bench.run.device import resolve_device
 from alma_bench.run.metrics import (
     FlopMeter,
     effective_flops,
@@ -36,20 +43,10 @@ from alma_bench.spec.config import RunSpec, derive, split_and_source
 from alma_bench.store.files import clean_stale_tmp, ensure_dir, read_json, write_json
 from alma_bench.store.rundir import RunDir
 
+__all__ = ["dependency_dirs", "execute", "load_data", "machine_info", "resolve_device",
+           "train_eval_set"]
+
 _DATA_CACHE: dict = {}  # source spec -> ImageData, so runs in one process load data once
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; anything else is passed to torch as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}'. Valid: auto, cpu, cuda, cuda:N") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' requested but CUDA is not available. Valid: auto, cpu")
-    return d
 
 
 def load_data(stream: dict):
@@ -75,6 +72,29 @@ def machine_info(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "device": str(device)}
 
 
+@dataclass
+class _Run:
+    """What one run's steps share: built by ``_open`` and ``_build``, grown by ``_commit``."""
+
+    spec: RunSpec
+    rd: RunDir
+    dev: torch.device
+    deps: dict[str, Path]
+    tm: Any  # a ``timing.Breakdown`` or ``timing.NO_TIMER``
+    seeds: Any = None
+    protocol: Any = None
+    data: Any = None
+    stream: Any = None
+    model: Any = None
+    flops: tuple = ()  # (total, per layer) of the dense model
+    ctx: Any = None
+    plugins: list = field(default_factory=list)
+    template: Any = None
+    evaluator: Any = None
+    rows: list[dict] = field(default_factory=list)
+    sink: Any = None
+
+
 def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
             channels_last: bool = False, tensorboard: str | None = None,
             env: dict | None = None, note=None, avalanche_loggers: str | None = None,
@@ -91,15 +111,32 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     """
     from alma_bench.run.memory import tune_malloc
     from alma_bench.run.timing import NO_TIMER
-    from alma_bench.run.training import AlmaTemplate, RunContext, state_versions
 
     tune_malloc()  # no page-fault storm in evaluation (alma_bench/run/memory.py); no number moves
-    tm = timer or NO_TIMER
-
     rd = RunDir(out, spec.results_name, spec.run_id)
     if rd.is_done():
         note_reuse(spec, read_json(rd.config) or {}, device, env)
         return read_json(rd.summary)
+    run = _open(spec, rd, out, device, timer or NO_TIMER)
+    _build(run, channels_last, avalanche_loggers, timer)
+    _restore(run, note)
+    _record_config(run, env)
+    run.sink = _tensorboard(tensorboard, spec, run.rows)  # re-logs a resumed run's rows
+    run.tm.stop("setup")
+    experiences = run.stream.benchmark.train_stream
+    for t in range(len(run.rows), run.stream.n_megabatches):
+        start = time.perf_counter()
+        _train(run, experiences[t], t)
+        row = _measure(run, t, start)
+        _commit(run, t, row)
+        if progress:
+            progress(t + 1, run.stream.n_megabatches, row)
+    return _finish(run)
+
+
+def _open(spec: RunSpec, rd: RunDir, out: Path, device: str, tm) -> _Run:
+    """The run directory made ready (its dependencies found, stale temporary files gone) and
+    torch set up for the run: device, determinism, the thread count."""
     deps = dependency_dirs(spec, out)
     ensure_dir(rd.path)
     clean_stale_tmp(rd.path)  # of writers that were killed
@@ -111,127 +148,174 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
         torch.use_deterministic_algorithms(True)
     # the thread count is part of the run's identity: every executor honours it here
     torch.set_num_threads(spec.threads)
-    seeds = spec.seeds()
-    protocol = spec.protocol_obj()
+    return _Run(spec, rd, dev, deps, tm, seeds=spec.seeds(), protocol=spec.protocol_obj())
 
+
+def _build(run: _Run, channels_last: bool, avalanche_loggers: str | None, timer) -> None:
+    """Stream, model, run context, strategy plugins and the training template, in the order
+    the run's random draws expect (the model's initialisation follows the stream's split)."""
+    from alma_bench.run.finite import FiniteLossCheck
+    from alma_bench.run.training import AlmaTemplate, RunContext
+
+    spec, tm = run.spec, run.tm
     with tm.part("data_start"):
-        data = load_data(spec.stream)
-        stream = build_stream(data, spec.split(), seeds.stream, name=spec.stream["name"])
+        run.data = load_data(spec.stream)
+        run.stream = build_stream(run.data, spec.split(), run.seeds.stream,
+                                  name=spec.stream["name"])
     tm.start("setup")
-    torch.manual_seed(seeds.init)
-    model = build_model(spec.model, stream.input_shape, stream.num_classes).to(dev)
+    torch.manual_seed(run.seeds.init)
+    model = build_model(spec.model, run.stream.input_shape, run.stream.num_classes).to(run.dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    flops_total, flops_layer = layer_flops(model, stream.input_shape, dev)
-    ctx = RunContext(spec, stream, model, protocol, seeds, dev,
-                     Normalizer(data.mean, data.std, dev, channels_last),
-                     run_dir=rd.path, deps=deps, timer=tm)
-    ctx.flop_meter = FlopMeter(model, flops_total, flops_layer)
+    run.model = model
+    run.flops = layer_flops(model, run.stream.input_shape, run.dev)
+    run.ctx = RunContext(spec, run.stream, model, run.protocol, run.seeds, run.dev,
+                         Normalizer(run.data.mean, run.data.std, run.dev, channels_last),
+                         run_dir=run.rd.path, deps=run.deps, timer=tm)
+    run.ctx.flop_meter = FlopMeter(model, *run.flops)
     strategy = compose.create(spec.strategy["name"], spec.strategy["params"])
-    plugins = strategy.plugins(ctx)
+    run.plugins = strategy.plugins(run.ctx)
     if timer is not None:
-        for p in plugins:
+        for p in run.plugins:
             timer.wrap_hooks(p)
-    from alma_bench.run.finite import FiniteLossCheck, check_weights
-
-    evaluator = None
     if avalanche_loggers:
         from alma_bench.run import avalanche_logs
 
-        evaluator = avalanche_logs.evaluator(avalanche_logs.run_log_dir(avalanche_loggers, spec))
-    template = AlmaTemplate(ctx=ctx, plugins=[*plugins, FiniteLossCheck(ctx)],
-                            evaluator=evaluator)
+        run.evaluator = avalanche_logs.evaluator(
+            avalanche_logs.run_log_dir(avalanche_loggers, spec))
+    run.template = AlmaTemplate(ctx=run.ctx, plugins=[*run.plugins, FiniteLossCheck(run.ctx)],
+                                evaluator=run.evaluator)
 
-    rows: list[dict] = []
-    ckpt = rd.resume_point(lambda line: _say(note, spec, line))  # verified, or a fallback
-    if ckpt is not None:  # the checkpoint holds its own rows: model and metrics always agree
-        rows = ckpt["rows"]
-        model.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer") is not None:
-            template.optimizer.load_state_dict(ckpt["optimizer"])
-        for p, state in zip(plugins, ckpt["plugins"]):
-            if state is not None:
-                p.load_state_dict(state)
-        # Avalanche's clock: plugins count experiences with it (EWC, GEM, SI, MAS)
-        for key, value in ckpt.get("clock", {}).items():
-            setattr(template.clock, key, value)
-        ctx.step, ctx.samples_seen = ckpt["step"], ckpt["samples_seen"]
-        ctx.train_flops = rows[-1]["train_flops"] if rows else 0.0
-    write_json(rd.config, {**spec.to_json(), "version": __version__,
-                           "machine": machine_info(dev),
-                           "provenance": provenance(dev, spec.threads, env)})
-    sink = _tensorboard(tensorboard, spec, rows)  # re-logs the rows a resumed run starts with
-    tm.stop("setup")
-    experiences = stream.benchmark.train_stream
-    for t in range(len(rows), stream.n_megabatches):
-        start = time.perf_counter()
-        torch.manual_seed(derive(seeds.run, "torch", t))  # dropout and any other global draws
-        with tm.part("template_train"):
-            template.train(experiences[t])
-        check_weights(model, t + 1)  # a diverged run fails instead of reporting NaN
-        dens = layer_density(model)
-        g_dens = global_density(model, dens)
-        eff = effective_flops(flops_total, flops_layer, dens)
-        test = stream.test_set()
-        with tm.part("test_pass"):
-            test_acc, test_err = ctx.accuracy(*test)
-        train = train_eval_set(stream, protocol, seeds, t)
-        with tm.part("train_pass"):
-            train_acc, _ = ctx.accuracy(*train)
-        if ctx.kept_val is not None and ctx.kept_val[0] == state_versions(model):
-            val_acc = ctx.kept_val[1]  # the kept epoch's validation scored these very weights
-            tm.count("val_passes_reused", 1)
-        else:
-            val = stream.val_set(t)
-            with tm.part("val_pass"):
-                val_acc, _ = ctx.accuracy(*val)
-            tm.count("final_val_images", len(val[1]))
-        tm.count("test_images", len(test[1]))
-        tm.count("train_images", len(train[1]))
-        tm.start("checkpoint_metrics")
-        best = ctx.kept_epoch  # the epoch whose model the megabatch kept
-        row = {
-            "megabatch": t + 1, "step": ctx.step, "samples_seen": ctx.samples_seen,
-            "train_size": len(stream.megabatches[t].train),
-            "test_acc": test_acc, "test_errors": test_err, "val_acc": val_acc,
-            "train_acc": train_acc, "gen_gap": train_acc - test_acc,
-            "epoch_gap": (ctx.epoch_log[best][0] - ctx.epoch_log[best][1]) if ctx.epoch_log
-            else None,
-            "epochs_trained": len(ctx.epoch_log), "best_epoch": best + 1,
-            # APP's per-epoch log: running train accuracy and validation accuracy, every epoch
-            "epoch_train_acc": [a for a, _ in ctx.epoch_log],
-            "epoch_val_acc": [v for _, v in ctx.epoch_log],
-            "density": g_dens, "layer_density": dens, "nonzero_params": nonzero_params(model),
-            # training FLOPs: per optimizer step, at the masks in force in that step
-            "flops_dense": flops_total, "flops_effective": eff, "train_flops": ctx.train_flops,
-            "wall_time": time.perf_counter() - start,
-        }
-        for p in plugins:  # strategy-specific extras, e.g. a rewiring threshold
-            if hasattr(p, "metrics"):
-                row.update(p.metrics())
-        rows.append(row)
-        if evaluator is not None:  # after the row is measured: it reads nothing it changes
-            template.eval(stream.benchmark.test_stream)
-        rd.commit({
-            "megabatches_done": t + 1, "model": model.state_dict(),
-            "optimizer": template.optimizer.state_dict()
-            if protocol.keep_optimizer_state else None,
-            "plugins": [p.state_dict() if hasattr(p, "state_dict") else None for p in plugins],
-            "clock": {k: v for k, v in vars(template.clock).items() if isinstance(v, int)},
-            "step": ctx.step, "samples_seen": ctx.samples_seen, "rows": rows,
-        }, rows, stream.n_megabatches)  # checkpoint, then metrics, then status
-        if sink:
-            sink.log_row(row)
-        tm.stop("checkpoint_metrics")
-        if progress:
-            progress(t + 1, stream.n_megabatches, row)
-    if evaluator is not None:
-        avalanche_logs.close(evaluator)
-    summary = summarize(rows)
-    rd.finish(rows, summary, stream.n_megabatches)
-    if sink:
-        sink.log_hparams(spec.to_json(), summary)
-        sink.close()
+
+def _restore(run: _Run, note) -> None:
+    """Resume from the last verified checkpoint (or a fallback), if any: model, optimizer,
+    plugins, Avalanche's clock and the run's counters. The checkpoint holds its own rows, so
+    model and metrics always agree."""
+    ckpt = run.rd.resume_point(lambda line: _say(note, run.spec, line))
+    if ckpt is None:
+        return
+    run.rows = ckpt["rows"]
+    run.model.load_state_dict(ckpt["model"])
+    if ckpt.get("optimizer") is not None:
+        run.template.optimizer.load_state_dict(ckpt["optimizer"])
+    for p, state in zip(run.plugins, ckpt["plugins"]):
+        if state is not None:
+            p.load_state_dict(state)
+    # Avalanche's clock: plugins count experiences with it (EWC, GEM, SI, MAS)
+    for key, value in ckpt.get("clock", {}).items():
+        setattr(run.template.clock, key, value)
+    run.ctx.step, run.ctx.samples_seen = ckpt["step"], ckpt["samples_seen"]
+    run.ctx.train_flops = run.rows[-1]["train_flops"] if run.rows else 0.0
+
+
+def _record_config(run: _Run, env: dict | None) -> None:
+    """config.json: the spec, the version, the machine and the invocation's provenance."""
+    write_json(run.rd.config, {**run.spec.to_json(), "version": __version__,
+                               "machine": machine_info(run.dev),
+                               "provenance": provenance(run.dev, run.spec.threads, env)})
+
+
+def _train(run: _Run, experience, t: int) -> None:
+    """Megabatch t's training, its global draws seeded by (run seed, t); a diverged model
+    fails the run instead of reporting NaN."""
+    from alma_bench.run.finite import check_weights
+
+    torch.manual_seed(derive(run.seeds.run, "torch", t))  # dropout and any other global draws
+    with run.tm.part("template_train"):
+        run.template.train(experience)
+    check_weights(run.model, t + 1)
+
+
+def _accuracies(run: _Run, t: int) -> dict:
+    """Test, train and validation accuracy after megabatch t (a validation pass the kept
+    epoch already made on these very weights is reused)."""
+    from alma_bench.run.training import state_versions
+
+    ctx, stream, tm = run.ctx, run.stream, run.tm
+    test = stream.test_set()
+    with tm.part("test_pass"):
+        test_acc, test_err = ctx.accuracy(*test)
+    train = train_eval_set(stream, run.protocol, run.seeds, t)
+    with tm.part("train_pass"):
+        train_acc, _ = ctx.accuracy(*train)
+    if ctx.kept_val is not None and ctx.kept_val[0] == state_versions(run.model):
+        val_acc = ctx.kept_val[1]  # the kept epoch's validation scored these very weights
+        tm.count("val_passes_reused", 1)
+    else:
+        val = stream.val_set(t)
+        with tm.part("val_pass"):
+            val_acc, _ = ctx.accuracy(*val)
+        tm.count("final_val_images", len(val[1]))
+    tm.count("test_images", len(test[1]))
+    tm.count("train_images", len(train[1]))
+    return {"test_acc": test_acc, "test_errors": test_err, "val_acc": val_acc,
+            "train_acc": train_acc}
+
+
+def _measure(run: _Run, t: int, start: float) -> dict:
+    """Megabatch t's metrics row (``start``: when its training began)."""
+    model, ctx = run.model, run.ctx
+    flops_total, flops_layer = run.flops
+    dens = layer_density(model)
+    g_dens = global_density(model, dens)
+    eff = effective_flops(flops_total, flops_layer, dens)
+    acc = _accuracies(run, t)
+    run.tm.start("checkpoint_metrics")
+    best = ctx.kept_epoch  # the epoch whose model the megabatch kept
+    row = {
+        "megabatch": t + 1, "step": ctx.step, "samples_seen": ctx.samples_seen,
+        "train_size": len(run.stream.megabatches[t].train),
+        "test_acc": acc["test_acc"], "test_errors": acc["test_errors"],
+        "val_acc": acc["val_acc"], "train_acc": acc["train_acc"],
+        "gen_gap": acc["train_acc"] - acc["test_acc"],
+        "epoch_gap": (ctx.epoch_log[best][0] - ctx.epoch_log[best][1]) if ctx.epoch_log
+        else None,
+        "epochs_trained": len(ctx.epoch_log), "best_epoch": best + 1,
+        # APP's per-epoch log: running train accuracy and validation accuracy, every epoch
+        "epoch_train_acc": [a for a, _ in ctx.epoch_log],
+        "epoch_val_acc": [v for _, v in ctx.epoch_log],
+        "density": g_dens, "layer_density": dens, "nonzero_params": nonzero_params(model),
+        # training FLOPs: per optimizer step, at the masks in force in that step
+        "flops_dense": flops_total, "flops_effective": eff, "train_flops": ctx.train_flops,
+        "wall_time": time.perf_counter() - start,
+    }
+    for p in run.plugins:  # strategy-specific extras, e.g. a rewiring threshold
+        if hasattr(p, "metrics"):
+            row.update(p.metrics())
+    return row
+
+
+def _commit(run: _Run, t: int, row: dict) -> None:
+    """Megabatch t's row kept: checkpoint, then metrics, then status (crash-safe, in that
+    order), then Avalanche's evaluation and the TensorBoard sink, which change nothing."""
+    run.rows.append(row)
+    if run.evaluator is not None:  # after the row is measured: it reads nothing it changes
+        run.template.eval(run.stream.benchmark.test_stream)
+    template = run.template
+    run.rd.commit({
+        "megabatches_done": t + 1, "model": run.model.state_dict(),
+        "optimizer": template.optimizer.state_dict()
+        if run.protocol.keep_optimizer_state else None,
+        "plugins": [p.state_dict() if hasattr(p, "state_dict") else None for p in run.plugins],
+        "clock": {k: v for k, v in vars(template.clock).items() if isinstance(v, int)},
+        "step": run.ctx.step, "samples_seen": run.ctx.samples_seen, "rows": run.rows,
+    }, run.rows, run.stream.n_megabatches)  # checkpoint, then metrics, then status
+    if run.sink:
+        run.sink.log_row(row)
+    run.tm.stop("checkpoint_metrics")
+
+
+def _finish(run: _Run) -> dict:
+    """The run's summary, written with its final status; loggers closed."""
+    if run.evaluator is not None:
+        from alma_bench.run import avalanche_logs
+
+        avalanche_logs.close(run.evaluator)
+    summary = summarize(run.rows)
+    run.rd.finish(run.rows, summary, run.stream.n_megabatches)
+    if run.sink:
+        run.sink.log_hparams(run.spec.to_json(), summary)
+        run.sink.close()
     return summary
 
 
