@@ -6,6 +6,7 @@ alma_bench.streams), the ones inside functions included. No module is imported."
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def test_no_long_function_in_the_run_path():
 
 def test_the_doc_states_the_same_layers():
     doc = (ROOT / "docs" / "architecture.md").read_text()
-    block = doc.split("<!-- layers -->")[1]
-    rows = [line.strip("` ").split("`, `") for line in block.strip().splitlines()
-            if line.startswith("`")]
+    block = doc.split("<!-- layers -->")[1].split("<!-- /layers -->")[0]
+    rows = [re.findall(r"`([a-z_.]+)`", line.split(" — ")[0]) for line in block.splitlines()
+            if re.match(r"\d+\. `", line)]
     assert rows == LAYERS

@@ -33,7 +33,7 @@ def strategy_kinds() -> list[str]:
 
 
 # the CIFAR-10 JPEG folders of this workspace, relative to the repository
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"
 
 
 def configure_parser(p) -> None:

@@ -23,7 +23,7 @@ _COMPARED = ("git_commit", "git_dirty", "versions", "device", "plugins")
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict:
     """Commit and dirty flag of the checkout this package runs from (None outside one)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # alma_bench/run/provenance.py
     if not (root / ".git").exists():
         return {"git_commit": None, "git_dirty": None}
     try:
