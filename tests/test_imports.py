@@ -84,3 +84,22 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"alma-bench {__version__}\n"
+
+
+def test_old_module_paths_import_as_the_moved_modules():
+    # issue 25 moved every module into its stage's package; a plugin or notebook written
+    # against an old path gets the very same module (alma_bench.MOVED)
+    import importlib
+
+    import alma_bench
+
+    for old, new in alma_bench.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from alma_bench.models import build_model
+    from alma_bench.run.models import build_model as moved
+    from alma_bench.store import RunDir, read_json
+    from alma_bench.store.files import read_json as files_read_json
+    from alma_bench.store.rundir import RunDir as rundir_RunDir
+
+    assert build_model is moved and RunDir is rundir_RunDir and read_json is files_read_json
+    assert alma_bench.results.load is importlib.import_module("alma_bench.analysis.results").load
