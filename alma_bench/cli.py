@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from alma_bench.analysis.commands import cmd_compare, cmd_report, cmd_show
 from alma_bench.errors import UserError
+from alma_bench.execute.commands import cmd_run, cmd_train_agent
 
 KINDS = ("suites", "strategies", "streams", "models", "pruners", "schedules")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alma_bench.memory import tune_malloc
+    from alma_bench.run.memory import tune_malloc
 
-    tune_malloc()  # before any tensor: no page-fault storm in evaluation (alma_bench/memory.py)
+    tune_malloc()  # before any tensor: no page-fault storm in evaluation (alma_bench/run/memory.py)
     parser = _parser()
     args = parser.parse_args(argv)  # torch is not loaded yet: the wait policy still counts
     _set_wait_policy(args)
@@ -70,7 +71,7 @@ def _set_wait_policy(args) -> None:
 
 def _wait_policy(args) -> str | None:
     """PASSIVE, or None (libgomp's default) for a local ``run`` that cannot oversubscribe."""
-    if getattr(getattr(args, "func", None), "__module__", "") == "alma_bench.perf":
+    if getattr(getattr(args, "func", None), "__module__", "") == "alma_bench.perf.command":
         return None  # perf measures one process alone, under the policy a single run gets
     if getattr(args, "func", None) is cmd_run and args.executor == "local":
         if args.threads == "auto":  # cores // runs threads, cores // threads workers at most
@@ -204,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     ag.set_defaults(func=cmd_train_agent)
 
     pf = sub.add_parser("perf", help="measure the harness against a bare PyTorch loop")
-    from alma_bench.perf import configure_parser
+    from alma_bench.perf.command import configure_parser
 
     configure_parser(pf)
     return p
@@ -212,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_list(args) -> int:
     from alma_bench import registry
-    from alma_bench.config import read_suite_file, suite_names
+    from alma_bench.spec.config import read_suite_file, suite_names
 
     if args.kind == "suites":
         for name in suite_names():
@@ -234,15 +235,6 @@ def _fmt(v) -> str:
     return "(required)" if v is dataclasses.MISSING else repr(v)
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, got '{text}'") from None
-
-
 def _threads(text: str) -> int | str:
     """``--threads``: a positive integer or ``auto``."""
     if text == "auto":
@@ -256,230 +248,6 @@ def _threads(text: str) -> int | str:
     return n
 
 
-def cmd_run(args) -> int:
-    from alma_bench.plan import choose_threads, plan
-    from alma_bench.store import RunDir
-
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
-    if args.ray_gpus is not None and args.ray_gpus < 0:
-        raise UserError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
-    strategies = args.strategies.split(",") if args.strategies else None
-    ray_auto = args.executor == "ray" and args.threads == "auto"  # a Ray task: 1 CPU each
-    suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
-                 threads=1 if ray_auto else args.threads)
-    threads, why = choose_threads(1 if ray_auto else args.threads, suite.runs)  # cached
-    why = "auto: one CPU per Ray task" if ray_auto else why
-    args.threads = threads  # resolved: the pool is sized by it (_execute)
-    out = Path(args.out)
-    states = {s.run_id: RunDir(out, s.results_name, s.run_id).inspect()[0] for s in suite.runs}
-    todo = [s for s in suite.runs if states[s.run_id] != "done"]
-    if args.dry_run:
-        from alma_bench.runner import resolve_device
-
-        dev = resolve_device(args.device)  # a bad device fails here too
-        waiting = {s.run_id for s in todo}
-        for spec in suite.runs:
-            state = "would train" if spec.run_id in waiting else "done"
-            if states[spec.run_id] == "failed":
-                state = "failed: would retry" if args.retry_failed else "failed: skipped"
-            deps = f" after {','.join(spec.deps.values())}" if spec.deps else ""
-            print(f"{spec.run_id}  {spec.label:16s} seed={spec.seed}  {state}{deps}  "
-                  f"strategy={spec.strategy}")
-        print(f"{len(suite.runs)} runs of suite '{suite.name}'"
-              + (f" (scale {suite.scale})" if suite.scale else "")
-              + f": {len(suite.runs) - len(todo)} done, {len(todo)} would train on {dev}; "
-              f"results in {out / suite.results_name}")
-        workers = _workers(args.workers, len(todo), threads)
-        where = ("as Ray tasks" if args.executor == "ray" else "1 worker (this process)"
-                 if workers == 1 else f"{workers} workers")
-        print(f"{threads} torch thread{'s' if threads != 1 else ''} per run ({why}); "
-              f"{where}")
-        if suite.runs:
-            r = suite.runs[0]
-            print("resolved: " + json.dumps({"stream": r.stream, "model": r.model,
-                                              "protocol": r.protocol}, default=str))
-        return 0
-    from alma_bench.runner import resolve_device
-
-    resolve_device(args.device)  # fail on a bad device before any work
-    _prepare(out / suite.results_name)
-    _note_reused(suite.runs, todo, out, args)
-    done = len(suite.runs) - len(todo)
-    bad = []
-    if not todo:
-        print(f"all {len(suite.runs)} runs of suite '{suite.name}' were already done "
-              f"(results in {out / suite.results_name})")
-    else:
-        # failed runs still go to the executor: it skips them (under their lock) and says so
-        failed = 0 if args.retry_failed else sum(states[s.run_id] == "failed" for s in todo)
-        if done or failed:
-            print(f"{done} of {len(suite.runs)} runs already done"
-                  + (f", {failed} failed before (skipped)" if failed else "")
-                  + f"; running {len(todo) - failed}")
-        results = _execute(todo, args, out)
-        bad = [(s, o) for s, o in results if o.state != "done"]
-    finished = {s.run_id for s in suite.runs} - {s.run_id for s, _ in bad}
-    if finished:  # only this invocation's runs: the folder may hold other --set variants
-        cmd_show(argparse.Namespace(results=str(out / suite.results_name),
-                                    labels=suite.labels, run_ids=finished))
-    return _report_failures(bad, len(suite.runs))
-
-
-def _prepare(folder: Path) -> None:
-    """Before any work: the results folder must be writable (else one line, exit 3), and
-    temporary files of writers that were killed go."""
-    from alma_bench.store import check_writable, clean_stale_tmp
-
-    check_writable(folder)
-    for run in folder.iterdir():
-        if run.is_dir():
-            clean_stale_tmp(run)
-
-
-def _report_failures(bad, total: int) -> int:
-    """One line per run that did not finish; exit code 4 when there is any (else 0)."""
-    if not bad:
-        return 0
-    print(f"alma-bench: {len(bad)} of {total} runs did not finish (exit code 4):",
-          file=sys.stderr)
-    for spec, o in bad:
-        what = {"failed": "failed", "skipped": "failed before, skipped (--retry-failed reruns "
-                "it)" if o.log else "skipped", "busy": "left to another process"}[o.state]
-        log = f"; traceback in {o.log}" if o.log else ""
-        print(f"  {spec.label} seed {spec.seed} ({spec.run_id}): {what}: {o.error or o.owner}"
-              f"{log}", file=sys.stderr)
-    return 4
-
-
-def _note_reused(runs, todo, out, args) -> None:
-    """One line per finished run reused under a different environment (never silent)."""
-    from alma_bench.provenance import invocation, note_reuse
-    from alma_bench.store import RunDir, read_json
-
-    waiting = {s.run_id for s in todo}
-    env = invocation(args.plugin)
-    for spec in runs:
-        if spec.run_id not in waiting:
-            note_reuse(spec, read_json(RunDir(out, spec.results_name, spec.run_id).config) or {},
-                       args.device, env)
-
-
-def _execute(todo, args, out):
-    from tqdm import tqdm
-
-    from alma_bench.executors import Job, run_pool, run_ray, run_serial
-    from alma_bench.provenance import invocation
-
-    job = Job(out=out, device=args.device, plugins=tuple(args.plugin or ()),
-              channels_last=args.channels_last, tensorboard=args.tensorboard,
-              env=invocation(args.plugin), retry_failed=args.retry_failed, wait=args.wait,
-              gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers)
-    runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
-                    position=0, leave=True)
-    mb_bar = None  # the megabatches of the run in progress (serial runs only)
-    mb_done = 0  # its megabatches done
-
-    def end_run():
-        nonlocal mb_bar
-        if mb_bar is not None:
-            mb_bar.close()
-            mb_bar = None
-
-    def on_done(spec, summary):
-        end_run()
-        runs_bar.update(1)
-        runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: "
-                                 f"acc {summary['final_test_acc']:.3f}")
-
-    def on_failed(spec, outcome):
-        end_run()
-        runs_bar.update(1)
-        runs_bar.set_postfix_str(f"{spec.label} seed {spec.seed}: {outcome.state}")
-
-    def on_progress(running):
-        # the pool's runs, each with its megabatch, read from the status files the workers
-        # write after every megabatch (no channel between processes needed)
-        from alma_bench.store import RunDir, read_json
-
-        parts = []
-        for spec in running:
-            st = read_json(RunDir(out, spec.results_name, spec.run_id).status) or {}
-            n = st.get("n_megabatches") or "?"
-            parts.append(f"{spec.label} s{spec.seed} mb {st.get('megabatches_done', 0)}/{n}")
-        runs_bar.set_postfix_str(" | ".join(parts), refresh=True)
-
-    def say(line):  # a line between progress bars, not through them
-        tqdm.write(f"alma-bench: {line}", file=sys.stderr)
-
-    def on_megabatch(t, n, row):
-        nonlocal mb_bar, mb_done
-        if mb_bar is not None and (mb_bar.total != n or t != mb_done + 1):
-            end_run()  # another run (its predecessor neither finished nor failed)
-        mb_done = t  # (a disabled bar, under --quiet, does not count)
-        took = f", last {row['wall_time']:.1f}s" if row.get("wall_time") is not None else ""
-        postfix = f"test acc {row['test_acc']:.3f}{took}"  # with the megabatch's own time
-        if mb_bar is None:
-            # The bar starts when the run's first megabatch of this invocation has ended, at
-            # t done: megabatches trained before (a resumed run's) and this one are its start
-            # (``initial``), not progress made in no time, so tqdm's rate counts only the
-            # megabatches it sees trained.
-            mb_bar = tqdm(total=n, initial=t, desc="  megabatches", unit="mb", postfix=postfix,
-                          disable=args.quiet, position=1, leave=False)
-        else:
-            mb_bar.set_postfix_str(postfix, refresh=False)
-            mb_bar.update(1)
-
-    try:
-        hooks = dict(on_done=on_done, on_failed=on_failed, say=say)
-        if args.executor == "ray":
-            return run_ray(todo, job, args.ray_address, **hooks)
-        if (workers := _workers(args.workers, len(todo), args.threads)) > 1:
-            return run_pool(todo, job, workers, on_progress=on_progress, **hooks)
-        return run_serial(todo, job, on_megabatch=on_megabatch, **hooks)
-    finally:
-        end_run()
-        runs_bar.close()
-
-
-def _workers(requested: int | None, n_runs: int, threads: int = 1) -> int:
-    """Small models train faster as parallel one-thread runs than as one multi-thread run
-    (measured: see reports/perf.md), so a grid uses every core by default: cores / threads
-    workers (``threads`` resolved, never ``auto``), at most one per run left to train."""
-    import os
-
-    if requested is not None:
-        return requested
-    return max(1, min((os.cpu_count() or 1) // max(1, threads), n_runs))
-
-
-def cmd_show(args) -> int:
-    from alma_bench import tables
-    from alma_bench.results import load, summary_table
-
-    res = load(args.results)
-    runs = res.runs
-    ids = getattr(args, "run_ids", None)
-    if ids is not None:
-        runs = runs[runs["run_id"].isin(ids)]
-    metrics = tables.check_metrics(runs, getattr(args, "metrics", None), tables.DEFAULT_METRICS)
-    # groups are labelled for the rows shown: after a run, only this invocation's config
-    table = tables.in_order(summary_table(runs, metrics), getattr(args, "labels", None))
-    text = tables.render(table, metrics, getattr(args, "format", "table"))
-    print(text, end="" if text.endswith("\n") else "\n")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from alma_bench import compare, tables
-    from alma_bench.results import load
-
-    runs = load(args.results).runs
-    metrics = tables.check_metrics(runs, args.metrics, compare.DEFAULT_METRICS)
-    print(compare.format_text(compare.paired(runs, args.baseline, metrics)))
-    return 0
-
-
 class _GridAction(argparse.Action):
     """``--grid KEY=[...]`` is ``--set grid.KEY=[...]``: one list of suite edits, applied in
     command-line order, and the suite's own ``grid`` section does the expanding."""
@@ -487,44 +255,6 @@ class _GridAction(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         # a copy: argparse shares the default list between parses
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), f"grid.{value}"])
-
-
-def cmd_train_agent(args) -> int:
-    from alma_bench.config import Seeds, derive
-    from alma_bench.strategies.rl_schedule import _rl
-
-    agent = _rl()[0]  # a one-line error without the rl extra
-    strategy, config, seed, name = agent.suite_config(args.suite, args.scale, args.sets)
-    out = Path(args.out or f"agents/{name}.zip")
-    # the seed an in-run rl-schedule of the suite's first seed uses: with the same episodes
-    # and envs, the agent that run would train
-    s = Seeds.derive(seed).strategy
-    model, returns, secs = agent.train_agent(config, args.episodes, args.envs,
-                                             seed=derive(s, "rl-agent"),
-                                             train_fraction=strategy.train_fraction,
-                                             progress=True)
-    agent.save_agent(model, out, config, {"episodes": len(returns), "returns": returns,
-                                          "train_s": secs, "suite": args.suite,
-                                          "scale": args.scale, "sets": args.sets})
-    # an unseen network (a new initialisation) on the full training set, deterministically
-    ev = agent.evaluate(model, config, seed=derive(s, "rl-unseen"))
-    last = returns[-10:]
-    print(f"agent saved to {out} (config {agent.config_path(out)}): {len(returns)} episodes in "
-          f"{secs:.1f} s, mean reward of the last {len(last)} {sum(last) / len(last):.3f}")
-    print(f"unseen network: final val acc {ev['val_acc']:.3f} at density {ev['density']:.4f} "
-          f"over {len(ev['schedule'])} decisions")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from alma_bench.report import make_report
-
-    cmd = args.command or ("alma-bench report " + args.results
-                           + (f" --out {args.out}" if args.out else "")
-                           + (f" --format {args.format}" if args.format != "png" else ""))
-    path = make_report(args.results, args.out, command=cmd, formats=args.format)
-    print(f"report written to {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Each entry is a frozen dataclass of the Avalanche plugin's parameters, validated
 strategy's (an unknown one is a one-line error naming the valid ones), whose ``plugins(ctx)``
 returns Avalanche's own plugin: trained by the harness's template under the suite's protocol,
 measured with the same metrics as every strategy, its state checkpointed so a resumed run
-matches an uninterrupted one (alma_bench/cl_plugins.py). The plugin classes are imported only
+matches an uninterrupted one (alma_bench/run/cl_plugins.py). The plugin classes are imported only
 when a run builds them: listing strategies imports no Avalanche.
 
 Defaults are Avalanche's where it has one; where it has none (``ewc_lambda``, ``si_lambda``,
@@ -53,7 +53,7 @@ class AvalancheReplay:
             # its own loader over the Avalanche datasets, which know no protocol.augment
             raise UserError("avalanche:replay does not apply protocol.augment (its batches "
                             "come from Avalanche's ReplayDataLoader); set augment: false")
-        from alma_bench.cl_plugins import Replay
+        from alma_bench.run.cl_plugins import Replay
 
         return [Replay(self.mem_size, self.batch_size_mem, self.storage_policy,
                        pool=ctx.stream.dataset)]
@@ -77,7 +77,7 @@ class AvalancheEWC:
             raise ValueError("decay_factor is required by mode online and only used there")
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import EWC
+        from alma_bench.run.cl_plugins import EWC
 
         return [EWC(self.ewc_lambda, self.mode, self.decay_factor, self.keep_importance_data)]
 
@@ -98,7 +98,7 @@ class AvalancheLwF:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import LwF
+        from alma_bench.run.cl_plugins import LwF
 
         return [LwF(self.alpha, self.temperature)]
 
@@ -118,7 +118,7 @@ class AvalancheGEM:
         _non_negative(memory_strength=self.memory_strength)
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import GEM
+        from alma_bench.run.cl_plugins import GEM
 
         return [GEM(self.patterns_per_experience, self.memory_strength)]
 
@@ -137,7 +137,7 @@ class AvalancheERACE:
         _positive(mem_size=self.mem_size, batch_size_mem=self.batch_size_mem)
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import ERACE
+        from alma_bench.run.cl_plugins import ERACE
 
         return [ERACE(self.mem_size, self.batch_size_mem, pool=ctx.stream.dataset)]
 
@@ -159,7 +159,7 @@ class AvalancheSI:
             raise ValueError(f"eps must be > 0, got {self.eps}")
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import SI
+        from alma_bench.run.cl_plugins import SI
 
         return [SI(self.si_lambda, self.eps, list(self.excluded_parameters))]
 
@@ -180,6 +180,6 @@ class AvalancheMAS:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
     def plugins(self, ctx) -> list:
-        from alma_bench.cl_plugins import MAS
+        from alma_bench.run.cl_plugins import MAS
 
         return [MAS(self.lambda_reg, self.alpha)]

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alma_bench.config import derive
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import MaskSet, check_density
 from alma_bench.sparsity.plugin import RewiringTraining, mask_layers
@@ -46,6 +45,7 @@ from alma_bench.sparsity.rewire import (
     reallocate,
     save_artifact,
 )
+from alma_bench.spec.config import derive
 
 
 def _dsr_masks(model: nn.Module, params) -> MaskSet:

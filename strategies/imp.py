@@ -43,7 +43,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, STRATEGIES
 from alma_bench.sparsity import check_density, prune
@@ -57,6 +56,7 @@ from alma_bench.sparsity.rewire import (
     load_weights,
     save_artifact,
 )
+from alma_bench.spec.config import derive
 
 
 class _RoundPlugin(MaskedTraining):
@@ -120,7 +120,7 @@ class IMPPlugin(MaskedTraining):
 
     def offline_round(self, strategy) -> None:
         """One training of megabatch 1 through the harness's loop, on a private clock."""
-        from alma_bench.training import AlmaTemplate  # lazily, as the runner: a heavy import
+        from alma_bench.run.training import AlmaTemplate  # lazily, as the runner: a heavy import
 
         ctx = self.ctx
         inner = dataclasses.replace(ctx, step=0, samples_seen=0, epoch_log=[], kept_epoch=0,
@@ -221,10 +221,11 @@ class Lottery:
         return [(1 - self.prune_fraction) ** lv for lv in range(n_levels + 1)]
 
     def cost_factor(self, spec) -> float:
-        """The offline levels train megabatch 1 ``levels`` more times (alma_bench/cost.py)."""
+        """The offline levels train megabatch 1 ``levels`` more times (the cost estimate:
+        alma_bench/execute/cost.py)."""
         if not self.levels:
             return 1.0
-        from alma_bench.cost import train_sizes
+        from alma_bench.spec.split import train_sizes
 
         sizes = train_sizes(spec)
         return 1.0 + self.levels * sizes[0] / sum(sizes)

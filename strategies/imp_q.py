@@ -74,13 +74,13 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from alma_bench.config import derive
-from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 from alma_bench.rl.qlearn import EpsilonSchedule, QAgent
+from alma_bench.run.models import build_model
 from alma_bench.sparsity.experience import scheduled
 from alma_bench.sparsity.masks import MaskSet
-from alma_bench.store import atomic_write_text
+from alma_bench.spec.config import derive
+from alma_bench.store.files import atomic_write_text
 from alma_bench.strategies.imp import IMPPlugin, Lottery
 
 Q_TABLE = "q_table.json"  # the agent (QAgent.state_dict), under the run's artifacts/
@@ -215,7 +215,7 @@ def _episode_batches(ctx, p: IMPQ, episode: int):
 
 def warm_up(agent: QAgent, ctx, p: IMPQ, densities: list[float]) -> None:
     """``p.episodes`` learning episodes on train networks (module docstring)."""
-    from alma_bench.training import build_optimizer
+    from alma_bench.run.training import build_optimizer
 
     # the global RNG is forked: the warm-up must not shift the run's own random draws, or a
     # resumed run (which skips it) would differ from one that ran it in-process

@@ -29,7 +29,6 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
 from alma_bench.sparsity import check_density, progress
@@ -42,6 +41,7 @@ from alma_bench.sparsity.rewire import (
     save_artifact,
     set_layer_densities,
 )
+from alma_bench.spec.config import derive
 
 
 class PruneRegrowPlugin(RewiringTraining):

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from alma_bench.config import derive
 from alma_bench.errors import UserError
 from alma_bench.registry import STRATEGIES
 from alma_bench.sparsity import check_density
+from alma_bench.spec.config import derive
 from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
 
 AGENT = "agent.zip"  # an agent trained in the run, under its artifacts/
@@ -212,13 +212,13 @@ class RLSchedule:
 
     def cost_factor(self, spec) -> float:
         """Without an agent, the run first trains one: ``episodes`` episodes, each a training
-        run on ``train_fraction`` of the pool (alma_bench/cost.py)."""
+        run on ``train_fraction`` of the pool (alma_bench/execute/cost.py)."""
         return 1.0 if self.agent is not None else 1.0 + self.episodes * self.train_fraction
 
     def shared_work(self, spec) -> str | None:
         """Runs of one label with ``agent_seed`` share one agent: the first to start trains it
         and the others wait for it, so only one of them should be costed (and started early)
-        as an agent's training (alma_bench/cost.py)."""
+        as an agent's training (alma_bench/execute/cost.py)."""
         if self.agent is None and self.agent_seed is not None:
             return f"rl-schedule agent of {spec.label}"
         return None

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from alma_bench.config import derive
-from alma_bench.models import build_model
-from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.registry import STRATEGIES
+from alma_bench.run.models import build_model
+from alma_bench.run.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
+from alma_bench.spec.config import derive
 
 
 class ReinitPlugin(SupervisedPlugin):

@@ -22,10 +22,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from alma_bench.config import derive
 from alma_bench.errors import UserError
-from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
+from alma_bench.run.models import build_model
 from alma_bench.sparsity import MaskSet, check_density
 from alma_bench.sparsity.plugin import MaskedTraining, MaskFactory
 from alma_bench.sparsity.rewire import (
@@ -35,6 +34,7 @@ from alma_bench.sparsity.rewire import (
     load_artifact,
     load_weights,
 )
+from alma_bench.spec.config import derive
 from alma_bench.strategies.dpr import dsr_layers, random_structure
 
 

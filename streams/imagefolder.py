@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from alma_bench.data import ImageData
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
+from alma_bench.run.data import ImageData
 from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -87,7 +87,7 @@ class ImageFolder:
             vx, vy = _decode(test_files, self.threads)
             mean, std = channel_stats(tx)
             blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy, "mean": mean, "std": std}
-            from alma_bench.store import ensure_dir, save_checkpoint
+            from alma_bench.store.files import ensure_dir, save_checkpoint
 
             ensure_dir(path.parent)
             save_checkpoint(path, blob)  # atomic: a concurrent or killed decode leaves no half file

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from alma_bench.data import ImageData
 from alma_bench.registry import STREAMS
+from alma_bench.run.data import ImageData
 from alma_bench.streams._common import channel_stats, check_memory
 
 

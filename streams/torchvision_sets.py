@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from alma_bench.data import ImageData
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
+from alma_bench.run.data import ImageData
 from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 
 

@@ -15,10 +15,11 @@ import pytest
 from conftest import ROOT, TINY, cli_process, sigkill_after, write_suite
 
 from alma_bench.cli import main
-from alma_bench.config import load_suite
-from alma_bench.plugin_base import SupervisedPlugin
 from alma_bench.registry import STRATEGIES
-from alma_bench.store import RunDir, read_rows
+from alma_bench.run.plugin_base import SupervisedPlugin
+from alma_bench.spec.config import load_suite
+from alma_bench.store.files import read_rows
+from alma_bench.store.rundir import RunDir
 
 ADAPTERS = sorted(n for n in STRATEGIES.names() if n.startswith("avalanche:"))
 # new data only: what a continual-learning method keeps is all the learner has of the past

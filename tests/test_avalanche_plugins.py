@@ -19,21 +19,21 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from alma_bench.config import Seeds
-from alma_bench.data import Normalizer
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
+from alma_bench.run.data import Normalizer
+from alma_bench.run.stream import AlmaSplit, build_stream
 from alma_bench.sparsity import app_densities
 from alma_bench.sparsity.experience import experience_sample
 from alma_bench.sparsity.masks import BUFFER
 from alma_bench.sparsity.plugin import pruner_sample
+from alma_bench.spec.config import Seeds
 from alma_bench.strategies.app import APP, ProgressivePlugin
 from alma_bench.strategies.dpr import DPR, DPRPlugin
 from alma_bench.strategies.gmp import GMP, GradualPlugin
 from alma_bench.strategies.imp import IMP, IMPPlugin
 from alma_bench.strategies.osp import OSP, OneShotPlugin
 from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
-from alma_bench.stream import AlmaSplit, build_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 4  # experiences of the hand-built benchmark
@@ -179,13 +179,13 @@ def test_the_dataset_sample_is_the_harness_sample():
     """A pruner's sample read from the experience's dataset (as in any Avalanche strategy)
     is the harness's sample: the same examples of the replay-inclusive megabatch, 0.2 x |M_t|
     of them, in the same order."""
-    from alma_bench.benchmark import mark_megabatches
+    from alma_bench.run.benchmark import mark_megabatches
 
     data = STREAMS.create("synthetic", n_train=200, n_test=10).load()
     stream = build_stream(data, AlmaSplit(megabatches=3, replay="all"), seed=0)
     seeds = Seeds.derive(5)
     norm = Normalizer(data.mean, data.std, "cpu")
-    from alma_bench.data import BatchLoader
+    from alma_bench.run.data import BatchLoader
 
     def batches(x, y, seed):
         return [(xb, yb) for xb, yb, _ in BatchLoader(x, y, 16, norm, seed=seed)]
@@ -239,7 +239,7 @@ def test_make_benchmark_bad_arguments_are_one_line(kwargs, words):
 
 def test_importing_alma_bench_does_not_import_the_benchmark_or_avalanche():
     code = ("import sys, alma_bench\n"
-            "print('alma_bench.benchmark' in sys.modules, 'avalanche' in sys.modules)\n"
+            "print('alma_bench.run.benchmark' in sys.modules, 'avalanche' in sys.modules)\n"
             "print(callable(alma_bench.make_benchmark), 'avalanche' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
@@ -253,9 +253,10 @@ def test_a_resumed_osp_run_equals_an_uninterrupted_one_and_does_not_score_again(
     from conftest import write_suite
 
     import alma_bench.strategies.osp as osp_module
-    from alma_bench.config import load_suite
-    from alma_bench.runner import execute
-    from alma_bench.store import RunDir, read_rows
+    from alma_bench.run.runner import execute
+    from alma_bench.spec.config import load_suite
+    from alma_bench.store.files import read_rows
+    from alma_bench.store.rundir import RunDir
 
     suite = write_suite(tmp_path / "s.yaml", strategies=[{"name": "osp"}])
     spec = load_suite(str(suite)).runs[0]

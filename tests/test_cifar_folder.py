@@ -9,7 +9,7 @@ from conftest import CIFAR, write_suite
 
 from alma_bench.cli import main
 from alma_bench.registry import STREAMS
-from alma_bench.store import read_rows
+from alma_bench.store.files import read_rows
 
 pytestmark = [pytest.mark.cifar,
               pytest.mark.skipif(not CIFAR.is_dir(), reason="no ../shared/data/cifar10 here")]

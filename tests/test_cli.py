@@ -143,7 +143,7 @@ def test_more_bad_input(capsys, tmp_path, extra, message):
 
 
 def test_small_float_in_yaml_is_a_number(tmp_path):
-    from alma_bench.config import load_suite
+    from alma_bench.spec.config import load_suite
 
     suite = write_suite(tmp_path / "s.yaml")
     assert load_suite(str(suite), sets=["protocol.lr=1e-4"]).runs[0].protocol["lr"] == 1e-4
@@ -175,7 +175,7 @@ def test_megabatch_bar_starts_where_the_run_resumes(monkeypatch, tmp_path, capsy
 
     import tqdm
 
-    from alma_bench import cli, executors
+    from alma_bench.execute import commands, executors
 
     bars = []
 
@@ -203,7 +203,7 @@ def test_megabatch_bar_starts_where_the_run_resumes(monkeypatch, tmp_path, capsy
                               retry_failed=False, wait=True, ray_gpus=None,
                               avalanche_loggers=None, quiet=quiet, executor="local",
                               workers=1, threads=1)
-    cli._execute([a, b], args, tmp_path)
+    commands._execute([a, b], args, tmp_path)
     mb = [bar for bar in bars if bar.made[0] == "megabatches"]
     assert [bar.made[1:] for bar in mb] == [(4, 6), (1, 6)]
     if not quiet:

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from fake_results import write_run
 
+from alma_bench.analysis.compare import paired, wide
+from alma_bench.analysis.report import make_report
+from alma_bench.analysis.results import load
 from alma_bench.cli import main
-from alma_bench.compare import paired, wide
-from alma_bench.report import make_report
-from alma_bench.results import load
 
 T_975_2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables, scipy)
 BASE = (0.90, 0.91, 0.92)

@@ -11,8 +11,8 @@ from conftest import ROOT, TINY, cli_process, sigkill_after, write_suite
 
 from alma_bench.cli import main
 from alma_bench.errors import UserError
-from alma_bench.plan import plan
-from alma_bench.store import read_rows
+from alma_bench.execute.plan import plan
+from alma_bench.store.files import read_rows
 
 DPR = {"density": 0.3, "rewire_schedule": [[0.0, 2]], "n_prune": 8}
 

@@ -16,12 +16,11 @@ import torch
 from conftest import write_suite
 from torch import nn
 
-from alma_bench import training
-from alma_bench.config import load_suite
 from alma_bench.errors import UserError
-from alma_bench.models import build_model
 from alma_bench.registry import PRUNERS, SCHEDULES, STRATEGIES
-from alma_bench.runner import execute
+from alma_bench.run import training
+from alma_bench.run.models import build_model
+from alma_bench.run.runner import execute
 from alma_bench.sparsity import MaskSet
 from alma_bench.sparsity.rewire import (
     adjust_threshold,
@@ -33,7 +32,9 @@ from alma_bench.sparsity.rewire import (
     set_layer_densities,
     threshold_prune,
 )
-from alma_bench.store import RunDir, read_rows
+from alma_bench.spec.config import load_suite
+from alma_bench.store.files import read_rows
+from alma_bench.store.rundir import RunDir
 from alma_bench.strategies import dpr as dpr_module
 from alma_bench.strategies import prune_regrow as pr_module
 from alma_bench.strategies.prune_regrow import PruneRegrowPlugin, layer_schedules

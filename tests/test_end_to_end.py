@@ -11,12 +11,13 @@ import torch
 from avalanche.core import SupervisedPlugin
 from conftest import TINY, write_suite
 
-from alma_bench import perf_run
-from alma_bench.config import load_suite
+from alma_bench.perf import runs as perf_run
 from alma_bench.registry import STRATEGIES
-from alma_bench.runner import execute
-from alma_bench.store import RunDir, load_checkpoint, read_rows
-from alma_bench.timing import PARTS, Breakdown
+from alma_bench.run.runner import execute
+from alma_bench.run.timing import PARTS, Breakdown
+from alma_bench.spec.config import load_suite
+from alma_bench.store.files import load_checkpoint, read_rows
+from alma_bench.store.rundir import RunDir
 
 
 def _spec(tmp_path, strategy=None, **protocol):
@@ -63,10 +64,10 @@ def test_a_floor_measured_first_covers_the_same_work_as_one_measured_after(tmp_p
 
 def _final_val_acc(tmp_path, spec) -> tuple[float, float]:
     """(the last row's val_acc, the checkpointed model's accuracy on that validation set)."""
-    from alma_bench.models import build_model
-    from alma_bench.runner import load_data
-    from alma_bench.stream import build_stream
-    from alma_bench.training import RunContext
+    from alma_bench.run.models import build_model
+    from alma_bench.run.runner import load_data
+    from alma_bench.run.stream import build_stream
+    from alma_bench.run.training import RunContext
 
     rd = RunDir(tmp_path / "o", spec.results_name, spec.run_id)
     row = read_rows(rd.metrics)[-1]
@@ -74,7 +75,7 @@ def _final_val_acc(tmp_path, spec) -> tuple[float, float]:
     stream = build_stream(data, spec.split(), spec.seeds().stream)
     model = build_model(spec.model, stream.input_shape, stream.num_classes)
     model.load_state_dict(load_checkpoint(rd.checkpoint)["model"])
-    from alma_bench.data import Normalizer
+    from alma_bench.run.data import Normalizer
 
     ctx = RunContext(spec, stream, model, spec.protocol_obj(), spec.seeds(),
                      torch.device("cpu"), Normalizer(data.mean, data.std, torch.device("cpu")))
@@ -131,8 +132,8 @@ def test_train_accuracy_on_a_seeded_sample(tmp_path):
     sizes = [r["train_size"] for r in read_rows(RunDir(tmp_path / "o", sample.results_name,
                                                        sample.run_id).metrics)]
     assert timer.counts["train_images"] == sum(min(50, s) for s in sizes)
-    from alma_bench.runner import load_data, train_eval_set
-    from alma_bench.stream import build_stream
+    from alma_bench.run.runner import load_data, train_eval_set
+    from alma_bench.run.stream import build_stream
 
     stream = build_stream(load_data(sample.stream), sample.split(), sample.seeds().stream)
     a = train_eval_set(stream, sample.protocol_obj(), sample.seeds(), 2)

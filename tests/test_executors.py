@@ -9,11 +9,12 @@ from concurrent.futures import Future
 import pytest
 from conftest import TINY, write_suite
 
-from alma_bench import cost, executors
-from alma_bench.config import load_suite
-from alma_bench.executors import Job, Outcome, run_pool
-from alma_bench.plan import plan
-from alma_bench.stream import split_indices
+from alma_bench.execute import cost, executors
+from alma_bench.execute.executors import Job, Outcome, run_pool
+from alma_bench.execute.plan import plan
+from alma_bench.run.stream import split_indices
+from alma_bench.spec.config import load_suite
+from alma_bench.spec.split import train_sizes
 
 
 class _FakePool:
@@ -64,7 +65,7 @@ def test_estimated_megabatch_sizes_follow_the_split(tmp_path, replay):
     suite = write_suite(tmp_path / "s.yaml", stream={**TINY["stream"], "n_train": 600, **stream})
     spec = load_suite(str(suite)).runs[0]
     actual = [len(mb.train) for mb in split_indices(600, spec.split(), 0)]
-    estimate = cost.train_sizes(spec)
+    estimate = train_sizes(spec)
     # exact for deterministic replay; the expected size for the random survival of fraction
     assert estimate == pytest.approx(actual, rel=0.25 if replay == "fraction" else 0.02)
 
@@ -74,7 +75,7 @@ def test_strategy_cost_factors(tmp_path):
         "dense", {"name": "imp", "params": {"levels": 2}},
         {"name": "rl-schedule", "params": {"episodes": 4, "train_fraction": 0.5}}])
     dense, imp, rl = load_suite(str(suite)).runs
-    sizes = cost.train_sizes(dense)
+    sizes = train_sizes(dense)
     assert cost.strategy_factor(dense) == 1.0
     assert cost.strategy_factor(imp) == pytest.approx(1 + 2 * sizes[0] / sum(sizes))
     assert cost.strategy_factor(rl) == pytest.approx(1 + 4 * 0.5)

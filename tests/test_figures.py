@@ -11,9 +11,10 @@ import pytest
 from fake_results import write_run
 from matplotlib.container import ErrorbarContainer
 
+from alma_bench.analysis.figures import figures
+from alma_bench.analysis.report import make_report
+from alma_bench.analysis.results import load
 from alma_bench.cli import main
-from alma_bench.report import figures, make_report
-from alma_bench.results import load
 
 DENSITIES = (0.05, 0.2, 0.5)
 SEEDS = (0, 1, 2)
@@ -202,7 +203,7 @@ def test_cli_format_pdf_svg(tmp_path, capsys):
 def test_png_is_embedded_when_written(tmp_path):
     from matplotlib.figure import Figure
 
-    from alma_bench.report import _save
+    from alma_bench.analysis.figures import _save
 
     fig = Figure()
     fig.subplots().plot([0, 1])

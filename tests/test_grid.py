@@ -6,8 +6,8 @@ import pytest
 from conftest import TINY, write_suite
 
 from alma_bench.cli import main
-from alma_bench.config import load_suite
 from alma_bench.errors import UserError
+from alma_bench.spec.config import load_suite
 
 
 def _suite(tmp_path, **over):

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from fake_results import write_run
 
+from alma_bench.analysis.report import make_report
+from alma_bench.analysis.results import load, summary_table
 from alma_bench.cli import main
-from alma_bench.report import make_report
-from alma_bench.results import load, summary_table
 
 LR = {"dense [protocol.lr=0.05]": (0.95, 0.97, 0.96),
       "dense [protocol.lr=0.001]": (0.90, 0.91, 0.80)}

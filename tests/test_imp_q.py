@@ -210,7 +210,7 @@ def test_q_is_updated_by_the_runs_own_levels(tmp_path):
         agents[done] = ckpt["plugins"][0]["agent"]
 
     run = tmp_path / spec.results_name / spec.run_id
-    from alma_bench.runner import execute
+    from alma_bench.run.runner import execute
 
     execute(spec, tmp_path, device="cpu", progress=progress)
     assert agents[1] is None  # nothing pruned before megabatch 2

@@ -12,7 +12,7 @@ from fake_results import write_run
 
 from alma_bench import __version__
 from alma_bench.cli import main
-from alma_bench.plugin_base import HOOKS
+from alma_bench.run.plugin_base import HOOKS
 
 
 def test_list_strategies_does_not_import_avalanche():
@@ -50,24 +50,25 @@ def test_commands_that_train_nothing_import_no_torch(tmp_path):
 
 def test_a_dense_run_imports_no_extra(tmp_path):
     # What a worker imports for a plain dense run on the digits stream, up to the training
-    # loop (alma_bench.training adds Avalanche, whose own imports are not alma-bench's to
+    # loop (alma_bench.run.training adds Avalanche, whose own imports are not alma-bench's to
     # choose: it needs benchmark, config, data, sparsity.masks and stream, imported here).
-    code = ("import alma_bench.executors, alma_bench.runner, alma_bench.benchmark\n"
+    code = ("import alma_bench.execute.executors, alma_bench.run.runner, alma_bench.run.benchmark\n"
             "import alma_bench.sparsity.masks, alma_bench.streams\n"
             "from alma_bench import compose\nfrom alma_bench.registry import MODELS, STREAMS\n"
             "compose.create('dense', {})\nSTREAMS.create('digits')\n"
             "MODELS.create('small-cnn', width=16)\n")
     extras = ("avalanche", "torchvision", "pandas", "seaborn", "matplotlib", "scipy.stats",
               "sklearn", "tensorboard", "gymnasium", "stable_baselines3", "sb3_contrib", "ray",
-              "alma_bench.cl_plugins", "alma_bench.report", "alma_bench.results",
-              "alma_bench.rl.env", "alma_bench.rl.agent")
+              "alma_bench.run.cl_plugins", "alma_bench.run.tb", "alma_bench.analysis.report",
+              "alma_bench.analysis.results", "alma_bench.analysis.figures", "alma_bench.rl.env",
+              "alma_bench.rl.agent")
     assert _modules_after(code, extras) == []
 
 
 def test_report_reads_torchs_version_without_torch():
     import torch
 
-    from alma_bench.report import _torch_version
+    from alma_bench.analysis.report import _torch_version
 
     assert _torch_version() == torch.__version__
 
@@ -83,3 +84,22 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"alma-bench {__version__}\n"
+
+
+def test_old_module_paths_import_as_the_moved_modules():
+    # issue 25 moved every module into its stage's package; a plugin or notebook written
+    # against an old path gets the very same module (alma_bench.MOVED)
+    import importlib
+
+    import alma_bench
+
+    for old, new in alma_bench.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from alma_bench.models import build_model
+    from alma_bench.run.models import build_model as moved
+    from alma_bench.store import RunDir, read_json
+    from alma_bench.store.files import read_json as files_read_json
+    from alma_bench.store.rundir import RunDir as rundir_RunDir
+
+    assert build_model is moved and RunDir is rundir_RunDir and read_json is files_read_json
+    assert alma_bench.results.load is importlib.import_module("alma_bench.analysis.results").load

@@ -11,14 +11,14 @@ import torch
 from avalanche.core import SupervisedPlugin
 from conftest import TINY
 
-from alma_bench.config import RunSpec
-from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
 from alma_bench.rl.qlearn import EpsilonSchedule, QAgent, QTable
-from alma_bench.runner import execute
+from alma_bench.run.models import build_model
+from alma_bench.run.runner import execute
 from alma_bench.sparsity import MaskSet
 from alma_bench.sparsity.masks import BUFFER
-from alma_bench.store import read_rows
+from alma_bench.spec.config import RunSpec
+from alma_bench.store.files import read_rows
 from alma_bench.strategies.imp import IMP
 from alma_bench.strategies.imp_q import IMPQ, magnitude_level, new_agent, prune_level
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_bench.metrics import cer, effective_flops, layer_density, layer_flops, summarize
+from alma_bench.run.metrics import cer, effective_flops, layer_density, layer_flops, summarize
 
 
 def row(acc, errors, gap=0.1):

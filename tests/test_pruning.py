@@ -11,7 +11,7 @@ from conftest import TINY, write_suite
 
 from alma_bench.cli import main
 from alma_bench.registry import STRATEGIES
-from alma_bench.store import read_rows
+from alma_bench.store.files import read_rows
 from alma_bench.strategies.app import APP
 
 APP_8 = [0.800, 0.716, 0.640, 0.572, 0.512, 0.458, 0.410, 0.366]
@@ -196,10 +196,10 @@ def test_every_registered_strategy_runs(tmp_path, name):
 def test_pruner_sample_is_a_fifth_of_the_megabatch_from_the_replay_union():
     from types import SimpleNamespace
 
-    from alma_bench.config import Seeds
     from alma_bench.registry import STREAMS
+    from alma_bench.run.stream import AlmaSplit, build_stream
     from alma_bench.sparsity.plugin import pruner_sample
-    from alma_bench.stream import AlmaSplit, build_stream
+    from alma_bench.spec.config import Seeds
 
     data = STREAMS.create("synthetic", n_train=400, n_test=10).load()
     stream = build_stream(data, AlmaSplit(megabatches=4, replay="all"), seed=0)

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, TINY, write_suite
 
 from alma_bench.cli import main
-from alma_bench.store import read_rows
+from alma_bench.store.files import read_rows
 
 ray = pytest.importorskip("ray")
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, TINY, write_suite
 
 from alma_bench.cli import main
-from alma_bench.store import read_rows
+from alma_bench.store.files import read_rows
 
 HOST = socket.gethostname()  # what a lock file and a temporary file name record
 
@@ -114,7 +114,7 @@ def test_two_runners_train_each_run_once(tmp_path, monkeypatch):
 
 
 def test_stale_lock_is_taken_over_and_a_live_one_waited_for_or_skipped(tmp_path, capsys):
-    from alma_bench.config import load_suite
+    from alma_bench.spec.config import load_suite
 
     suite = write_suite(tmp_path / "tiny.yaml", stream={**TINY["stream"], "megabatches": 2})
     out = tmp_path / "out"

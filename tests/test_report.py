@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from alma_bench.analysis.report import make_report
+from alma_bench.analysis.results import load, summary_table
 from alma_bench.errors import UserError
-from alma_bench.report import make_report
-from alma_bench.results import load, summary_table
 
 N_MEGABATCHES = 4
 LAYERS = ("conv1.weight", "conv2.weight", "fc.weight")
@@ -165,14 +165,14 @@ def test_load_missing_or_empty_path_raises(tmp_path):
 def test_tensorboard_sink_round_trip(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from alma_bench.tb import TensorBoardSink
+    from alma_bench.run.tb import TensorBoardSink
 
     sink = TensorBoardSink(tmp_path, "digits", "app-snip", 3)
     rows = [_row(t, "app", 3, with_layers=True) for t in (1, 2)]
     for row in rows:
         sink.log_row(row)
     sink.close()
-    # one directory per run, tags by metric name (alma_bench/tb.py; more in tests/test_tb.py)
+    # one directory per run, tags by metric name (alma_bench/run/tb.py; more in tests/test_tb.py)
     acc = EventAccumulator(str(tmp_path / "digits" / "app-snip" / "seed3"))
     acc.Reload()
     tags = acc.Tags()["scalars"]

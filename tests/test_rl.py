@@ -19,7 +19,7 @@ from alma_bench.cli import main  # noqa: E402
 from alma_bench.errors import UserError  # noqa: E402
 from alma_bench.rl import agent as rl  # noqa: E402
 from alma_bench.rl.env import EnvConfig, SparsityScheduleEnv, plan, project  # noqa: E402
-from alma_bench.store import read_rows  # noqa: E402
+from alma_bench.store.files import read_rows  # noqa: E402
 
 PROTOCOL = {"epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
             "patience": None}
@@ -199,8 +199,8 @@ def test_a_default_train_eval_sample_leaves_agent_configs_as_before():
     assert EnvConfig.from_json(sampled.to_json()) == sampled
     assert sampled.differences(with_default) == ["protocol.train_eval_sample"]
     # a run's protocol section holds every field: its env config keys as before
-    from alma_bench.config import Protocol
     from alma_bench.registry import STRATEGIES
+    from alma_bench.spec.config import Protocol
 
     run_protocol = dataclasses.asdict(Protocol(**PROTOCOL))
     assert run_protocol["train_eval_sample"] is None
@@ -273,8 +273,8 @@ def test_train_agent_cli_then_rl_schedule_run(tmp_path, capsys):
 
 
 def test_in_run_agent_is_saved_and_a_resumed_run_decides_the_same(tmp_path):
-    from alma_bench.config import load_suite
-    from alma_bench.runner import execute
+    from alma_bench.run.runner import execute
+    from alma_bench.spec.config import load_suite
 
     suite = write_suite(tmp_path / "s.yaml", strategies=[
         {"name": "rl-schedule", "params": {"update_period": 3, "episodes": 2}}],
@@ -329,7 +329,7 @@ def test_sparsity_schedules_quick_trains_the_bn_simple_cnn_and_the_other_scales_
     """Only the quick scale adds BatchNorm (at its budget the BN-free net trains no sparse
     network); handcrafted and learned rows share it, and every row swaps as SET does (by
     magnitude, just-dropped weights may regrow: written for RP-RR, the default for the rest)."""
-    from alma_bench.config import load_suite
+    from alma_bench.spec.config import load_suite
 
     for scale, model in [(None, {"name": "simple-cnn"}), ("smoke", {"name": "simple-cnn"}),
                          ("paper", {"name": "simple-cnn"}),

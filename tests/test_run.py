@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, cli_process, sigkill_after, write_suite
 
 from alma_bench.cli import main
-from alma_bench.config import load_suite
-from alma_bench.store import read_rows
+from alma_bench.spec.config import load_suite
+from alma_bench.store.files import read_rows
 
 VOLATILE = {"wall_time"}
 

@@ -8,7 +8,7 @@ import torch
 
 from alma_bench.errors import UserError
 from alma_bench.registry import STREAMS
-from alma_bench.stream import AlmaSplit, build_stream, split_indices
+from alma_bench.run.stream import AlmaSplit, build_stream, split_indices
 
 
 @pytest.mark.parametrize("n, N", [(1000, 8), (1003, 7), (50, 1)])
@@ -95,7 +95,7 @@ def test_avalanche_benchmark_matches_tensors():
 def test_benchmark_has_task_labels_so_avalanches_lwf_trains_on_it():
     from avalanche.training import LwF
 
-    from alma_bench.models import build_model
+    from alma_bench.run.models import build_model
 
     data = STREAMS.create("synthetic", n_train=120, n_test=30, classes=3, size=8).load()
     stream = build_stream(data, AlmaSplit(megabatches=3), seed=0)

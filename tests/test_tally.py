@@ -2,7 +2,7 @@
 
 import torch
 
-from alma_bench.tally import StepTally, hits, non_finite
+from alma_bench.run.tally import StepTally, hits, non_finite
 
 
 def test_chunked_hits_equal_per_step_count_across_chunk_boundaries():

@@ -10,13 +10,13 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from alma_bench.tb import TensorBoardSink, flat_hparams
+from alma_bench.run.tb import TensorBoardSink, flat_hparams
 
 LAYERS = ("conv1.weight", "conv2.weight")
 
 
 def _row(t: int, seed: int, epochs: int = 2) -> dict:
-    """A metrics row as alma_bench/runner.py writes it (the fields the sink treats apart)."""
+    """A metrics row as alma_bench/run/runner.py writes it (the fields the sink treats apart)."""
     acc = 0.5 + 0.1 * t + 0.01 * seed
     return {"megabatch": t, "step": 10 * t, "test_acc": acc, "val_acc": acc + 0.01,
             "density": 0.8 ** t, "best_epoch": epochs, "epochs_trained": epochs,
@@ -86,7 +86,7 @@ def test_hparams_read_back(tmp_path):
     acc = _events(tmp_path / "s" / "osp-snip[density=0.1]" / "seed0")
     content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
     # session start and end only: no per-run Experiment, so TensorBoard shows the union of
-    # every run's hparams (alma_bench/tb.py)
+    # every run's hparams (alma_bench/run/tb.py)
     assert set(content) == {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
     start = metadata.parse_session_start_info_plugin_data(
         content[metadata.SESSION_START_INFO_TAG])

@@ -11,12 +11,13 @@ from avalanche.core import SupervisedPlugin
 from conftest import TINY, write_suite
 
 from alma_bench.cli import main
-from alma_bench.config import load_suite
-from alma_bench.metrics import effective_flops, layer_flops
-from alma_bench.models import build_model
 from alma_bench.registry import STRATEGIES
-from alma_bench.store import RunDir, read_rows
-from alma_bench.training import BestValidationPlugin, mask_state
+from alma_bench.run.metrics import effective_flops, layer_flops
+from alma_bench.run.models import build_model
+from alma_bench.run.training import BestValidationPlugin, mask_state
+from alma_bench.spec.config import load_suite
+from alma_bench.store.files import read_rows
+from alma_bench.store.rundir import RunDir
 
 # every built-in strategy runs standalone with its defaults (static: a random structure)
 BUILTIN = sorted(n for n in STRATEGIES.names()
@@ -150,7 +151,7 @@ def test_train_flops_are_counted_per_step_from_the_masks_in_force(tmp_path):
 def test_core_revision_threads_and_dependencies_enter_the_run_id(tiny_suite, monkeypatch):
     import dataclasses
 
-    import alma_bench.config as config
+    import alma_bench.spec.config as config
 
     spec = load_suite(str(tiny_suite)).runs[0]
     base = spec.run_id
@@ -176,7 +177,7 @@ def test_workers_1_and_2_give_bit_identical_metrics_per_run_id(tmp_path):
 
 
 # Pinned numbers of a tiny run. If this fails, the core's numbers changed: bump
-# alma_bench.config.CORE_REVISION (so old results get new ids) and update the pin together.
+# alma_bench.spec.config.CORE_REVISION (so old results get new ids) and update the pin together.
 PINNED_REVISION = 2
 PINNED_TEST_ERRORS = [
     (158, [0.12777777777777777, 0.5222222222222223], [0.05, 0.1]),
@@ -185,7 +186,7 @@ PINNED_TEST_ERRORS = [
 
 
 def test_pinned_numbers_move_only_with_the_core_revision(tmp_path):
-    import alma_bench.config as config
+    import alma_bench.spec.config as config
 
     # a slow learner on a harder synthetic task: accuracies far from 0 and 1 move with numerics
     suite = _suite(tmp_path, [{"name": "dense"}], protocol={"epochs": 2, "lr": 0.02},
@@ -237,7 +238,7 @@ class _LatePruner(SupervisedPlugin):
 
 
 def test_a_mask_change_after_validation_fails_the_run(tmp_path):
-    from alma_bench.runner import execute
+    from alma_bench.run.runner import execute
     from alma_bench.strategies.osp import OSP
 
     if "osp-late" not in STRATEGIES:

@@ -63,7 +63,7 @@ def make_vec_env(config: EnvConfig, n_envs: int = 1, split: str = "train",
     # effect if this process's forkserver is already running.
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
         return VecMonitor(SubprocVecEnv(fns))
-    multiprocessing.set_forkserver_preload(["alma_bench.rl.env", "alma_bench.training"])
+    multiprocessing.set_forkserver_preload(["alma_bench.rl.env", "alma_bench.run.training"])
     return VecMonitor(SubprocVecEnv(fns, start_method="forkserver"))
 
 
@@ -219,8 +219,8 @@ def suite_config(suite: str, scale: str | None = None, sets: list[str] = ()):
     """(rl-schedule strategy, its environment config, run seed, results name) of a suite: its
     first ``rl-schedule`` entry, or the strategy's defaults on the suite's stream, model and
     protocol when it has none; the seed is the suite's first."""
-    from alma_bench.config import load_suite
     from alma_bench.registry import STRATEGIES
+    from alma_bench.spec.config import load_suite
 
     spec = load_suite(suite, scale, list(sets))
     entries = [r for r in spec.runs if r.strategy["name"] == "rl-schedule"]

@@ -40,16 +40,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alma_bench.compose import omit_later
-from alma_bench.config import LATER_PROTOCOL_FIELDS, Protocol, Seeds, derive, split_and_source
-from alma_bench.data import BatchLoader, Normalizer
 from alma_bench.errors import UserError
-from alma_bench.models import build_model
 from alma_bench.registry import PRUNERS, build_dataclass
+from alma_bench.run.data import BatchLoader, Normalizer
+from alma_bench.run.models import build_model
+from alma_bench.run.stream import build_stream
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.plugin import rewiring_window
 from alma_bench.sparsity.rewire import DROP_BY, set_layer_densities
-from alma_bench.stream import build_stream
+from alma_bench.spec.compose import omit_later
+from alma_bench.spec.config import LATER_PROTOCOL_FIELDS, Protocol, Seeds, derive, split_and_source
 
 # Observation ceilings: finite bounds the values are clipped to (check_env wants them finite;
 # real values stay far below them: |w| means ~0.01-1, gradient norms ~0.001-10, losses ~0-5).
@@ -262,7 +262,7 @@ class SparsityScheduleEnv(gym.Env):
 
     def __init__(self, config: EnvConfig, split: Literal["train", "full"] = "train",
                  train_fraction: float = 0.5, device: str = "cpu"):
-        from alma_bench.runner import load_data  # the harness's (per-process cached) loader
+        from alma_bench.run.runner import load_data  # the harness's (per-process cached) loader
 
         if split not in ("train", "full"):
             raise UserError(f"split must be train or full, got {split!r}")
@@ -351,7 +351,7 @@ class SparsityScheduleEnv(gym.Env):
     def _start_megabatch(self, t: int) -> None:
         """What AlmaTemplate does before a megabatch: optimizer (rebuilt unless the protocol
         keeps its state), LR schedule restarted, data order seeded by (order seed, t)."""
-        from alma_bench.training import LRSchedulePlugin, build_optimizer
+        from alma_bench.run.training import LRSchedulePlugin, build_optimizer
 
         p = self.protocol
         if self.optimizer is None or not p.keep_optimizer_state:

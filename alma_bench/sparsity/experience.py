@@ -11,7 +11,7 @@ Two conveniences are read when present and have a fallback when not:
 
 * ``experience.megabatch_size``: |M_t|, the megabatch's size before its validation split and
   without replay, marked on the experiences of an ALMA benchmark
-  (:func:`alma_bench.benchmark.mark_megabatches`). Another benchmark's experience is its
+  (:func:`alma_bench.run.benchmark.mark_megabatches`). Another benchmark's experience is its
   dataset: |M_t| = ``len(experience.dataset)``.
 * ``strategy.sample_batches(indices, seed)``: the harness's template turns a sample into
   batches exactly as its training batches (uint8 images normalised on the device), so a
@@ -27,9 +27,9 @@ from itertools import accumulate
 import torch
 from torch.utils.data import default_collate
 
-from alma_bench.config import derive
-from alma_bench.data import epoch_generator
 from alma_bench.errors import UserError
+from alma_bench.run.data import epoch_generator
+from alma_bench.spec.config import derive
 
 
 def origin_stream(experience):

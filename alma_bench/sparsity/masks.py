@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from alma_bench.errors import UserError
+from alma_bench.run.plugin_base import MASK_BUFFER
 from alma_bench.sparsity.schedules import check_density
 
 __all__ = ["MaskSet", "erk_densities"]
 
-BUFFER = "weight_mask"
+BUFFER = MASK_BUFFER  # each mask is the buffer <layer>.weight_mask
 
 
 def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:

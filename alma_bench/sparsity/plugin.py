@@ -20,9 +20,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from alma_bench.config import derive
-from alma_bench.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.registry import PRUNERS
+from alma_bench.run.plugin_base import SupervisedPlugin  # Avalanche's, without importing Avalanche
 from alma_bench.sparsity.experience import (
     experience_sample,
     planned_offsets,
@@ -30,6 +29,7 @@ from alma_bench.sparsity.experience import (
 )
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.pruners import prune
+from alma_bench.spec.config import derive
 
 #: Makes the mask set of a strategy's layer choice over a given model.
 MaskFactory = Callable[[nn.Module], MaskSet]

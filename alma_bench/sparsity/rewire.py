@@ -27,7 +27,7 @@ from torch import nn
 from alma_bench.errors import UserError
 from alma_bench.sparsity.masks import BUFFER, MaskSet, _keep_top
 from alma_bench.sparsity.schedules import check_density
-from alma_bench.store import save_checkpoint
+from alma_bench.store.files import save_checkpoint
 
 __all__ = ["DROP_BY", "FINAL_MASKS", "INITIAL_STATE", "adjust_threshold", "final_masks",
            "growth_shares", "initial_state", "keep_dense", "load_artifact", "load_weights",
