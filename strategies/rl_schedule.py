@@ -32,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
+
 from alma_bench.errors import UserError
-from alma_bench.registry import STRATEGIES
+from alma_bench.registry import SCHEDULES, STRATEGIES
+from alma_bench.rl.decisions import decision_groups, residual_densities
 from alma_bench.sparsity import check_density
 from alma_bench.spec.config import derive
 from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
@@ -64,9 +67,14 @@ class RLSchedulePlugin(PruneRegrowPlugin):
             self.agent_mod.check_agent(params.agent, self.config)
         p = ctx.protocol
         # T of the environment the agent was trained in: progress k/T means the same here
-        self.n_decisions = len(self.env_mod.plan(
+        intervals = len(self.env_mod.plan(
             [len(mb.train) for mb in ctx.stream.megabatches], p.epochs, p.batch_size,
             params.update_period))
+        # the env's grouping of intervals into decisions, so decision k means the same here
+        self.groups = decision_groups(intervals, params.decisions)
+        self.n_decisions = self.groups[-1] + 1
+        self.base = SCHEDULES.create(params.base_schedule) if params.base_schedule else None
+        self.action = None  # the agent's last action, held through its group of intervals
         self.sizes = {n: m.numel() for n, m in self.maskset.masks.items()}
         self.stats = self.env_mod.IntervalStats(len(self.sizes))
         self.policy = None
@@ -80,7 +88,8 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         r = self.rl
         key = hashlib.sha256(json.dumps(
             {"env": self.config.to_json(), "episodes": r.episodes, "envs": r.envs,
-             "seed": r.agent_seed, "train_fraction": r.train_fraction},
+             "seed": r.agent_seed, "train_fraction": r.train_fraction,
+             **({"crn_seeds": r.crn_seeds} if r.crn_seeds is not None else {})},
             sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = Path(self.ctx.run_dir).parent / "agents" / f"{key}.zip"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +100,8 @@ class RLSchedulePlugin(PruneRegrowPlugin):
                 a = self.agent_mod
                 model, returns, secs = a.train_agent(self.config, r.episodes, r.envs,
                                                      seed=r.agent_seed,
-                                                     train_fraction=r.train_fraction)
+                                                     train_fraction=r.train_fraction,
+                                                     crn_seeds=r.crn_seeds)
                 a.save_agent(model, path, self.config, {"episodes": len(returns),
                                                         "returns": returns, "train_s": secs,
                                                         "seed": r.agent_seed})
@@ -100,6 +110,11 @@ class RLSchedulePlugin(PruneRegrowPlugin):
 
     def _load_policy(self):
         a = self.agent_mod
+        if self.rl.policy == "untrained":  # the agent as training would start it
+            return a.Policy(a.new_agent(self.config, seed=derive(self.ctx.seeds.strategy,
+                                                                 "rl-agent")))
+        if self.rl.policy == "random":
+            return a.RandomPolicy(len(self.sizes), derive(self.ctx.seeds.strategy, "random"))
         path = self.rl.agent
         if path is None and self.rl.agent_seed is not None and self.ctx.run_dir:
             path = self._shared_agent()
@@ -112,7 +127,7 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         model, returns, self.train_s = a.train_agent(
             self.config, self.rl.episodes, self.rl.envs,
             seed=derive(self.ctx.seeds.strategy, "rl-agent"),
-            train_fraction=self.rl.train_fraction)
+            train_fraction=self.rl.train_fraction, crn_seeds=self.rl.crn_seeds)
         if own is not None:
             a.save_agent(model, own, self.config, {"episodes": len(returns),
                                                    "returns": returns,
@@ -130,21 +145,31 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         self.obs_t = self.t  # the next observation validates on this megabatch, as the env
 
     def layer_targets(self, progress: float) -> dict[str, float]:
-        """The agent's decision at this point of the run (``progress`` is not used: the agent
-        reads its own k/T, as in the environment)."""
+        """The densities at this decision point of the run: at the first interval of a group
+        the agent acts (it reads its own k/T, as in the environment); the action then holds
+        through the group, read against the base schedule at ``progress``."""
         if self.policy is None:
             self.policy = self._load_policy()
         env, c = self.env_mod, self.config
-        val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(self.obs_t))
-        obs = env.observation(self.maskset, self.stats, min(1.0, self.k / self.n_decisions),
-                              val_acc)
-        targets = env.to_densities(self.policy.act(obs), list(self.sizes), c.min_density,
-                                   c.max_density)
+        k = min(self.k, len(self.groups) - 1)
+        if k == 0 or self.groups[k - 1] != self.groups[k] or self.action is None:
+            val_acc, _ = self.ctx.accuracy(*self.ctx.stream.val_set(self.obs_t))
+            obs = env.observation(self.maskset, self.stats,
+                                  min(1.0, self.groups[k] / self.n_decisions), val_acc,
+                                  self.ctx.stream.data.num_classes)
+            self.action = self.policy.act(obs)
+            self.stats = env.IntervalStats(len(self.sizes))
+        if self.base is None:
+            targets = env.to_densities(self.action, list(self.sizes), c.min_density,
+                                       c.max_density)
+        else:
+            targets = residual_densities(self.action, list(self.sizes),
+                                         self.base.density(progress, 1.0, c.density),
+                                         c.min_density, c.max_density)
         if self.t == self.ctx.n_megabatches - 1 and not self.window_open():
             # the run's last decision: the final masks are at exactly the target density
             targets = env.project(targets, self.sizes, c.density, c.min_density)
         self.k += 1
-        self.stats = env.IntervalStats(len(self.sizes))
         self.last_targets = targets
         self.decisions.append({"step": self.ctx.step, "targets": targets})
         return targets
@@ -160,12 +185,15 @@ class RLSchedulePlugin(PruneRegrowPlugin):
     def state_dict(self) -> dict:
         return {"k": self.k, "obs_t": self.obs_t, "stats": self.stats.state_dict(),
                 "policy": self.policy.state_dict() if self.policy else None,
-                "train_s": self.train_s, "last_targets": self.last_targets}
+                "train_s": self.train_s, "last_targets": self.last_targets,
+                "action": None if self.action is None else [float(a) for a in self.action]}
 
     def load_state_dict(self, state: dict) -> None:
         self.k, self.obs_t, self.train_s = state["k"], state["obs_t"], state["train_s"]
         self.stats.load_state_dict(state["stats"])
         self.last_targets = state["last_targets"]
+        action = state.get("action")
+        self.action = None if action is None else np.asarray(action, dtype=np.float32)
         if state["policy"] is not None:
             self.policy = self._load_policy()
             self.policy.load_state_dict(state["policy"])
@@ -187,11 +215,23 @@ class RLSchedule:
     drop_fraction: float = 0.3
     drop_by: Literal["pruner", "magnitude"] = "magnitude"  # the swap's criterion (prune-regrow)
     regrow_dropped: bool = True  # the swap may regrow just-dropped weights (prune-regrow)
-    reward: Literal["terminal", "delta"] = "terminal"  # final val acc, or its change per step
+    # final val acc minus the base schedule's on the same seed (relative), the final val acc
+    # (terminal), or its change per decision (delta)
+    reward: Literal["terminal", "delta", "relative"] = "relative"
+    # what the agent decides (alma_bench/rl/decisions.py): one action per group of intervals,
+    # a residual on base_schedule (its zero action); null, null: one absolute action per
+    # interval, the first form
+    decisions: int | None = 3
+    base_schedule: str | None = "constant"
     agent: str | None = None  # a saved agent (.zip); none: train one in the run
-    episodes: int = 25  # when training in the run (the paper's agent needed 25 to 50)
+    # learned: the agent (trained or loaded); untrained: its initial policy (the zero action,
+    # so the base schedule), for a paired comparison with what training added; random: a
+    # uniform action per decision (seeded by the run's strategy seed)
+    policy: Literal["learned", "untrained", "random"] = "learned"
+    episodes: int = 100  # when training in the run
     agent_seed: int | None = None  # train one agent from this seed, shared by equal runs
-    envs: int = 1  # parallel environments when training in the run
+    envs: int = 2  # parallel environments when training in the run
+    crn_seeds: int | None = 4  # training episodes cycle through this many seeds; null: fresh
     train_fraction: float = 0.5  # share of the training pool the agent trains on
     prune_first: bool = True
     prune_last: bool = False
@@ -206,6 +246,9 @@ class RLSchedule:
             raise ValueError(f"need min_density <= max_density <= 1, got {self.max_density}")
         if self.episodes < 1 or self.envs < 1:
             raise ValueError("episodes and envs must be >= 1")
+        if self.crn_seeds is not None and self.crn_seeds < self.envs:
+            raise ValueError(f"crn_seeds must be >= envs ({self.envs}) or null, got "
+                             f"{self.crn_seeds}")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         self.prune_regrow()  # update_period and drop_fraction checked as prune-regrow does
@@ -213,13 +256,15 @@ class RLSchedule:
     def cost_factor(self, spec) -> float:
         """Without an agent, the run first trains one: ``episodes`` episodes, each a training
         run on ``train_fraction`` of the pool (alma_bench/execute/cost.py)."""
-        return 1.0 if self.agent is not None else 1.0 + self.episodes * self.train_fraction
+        if self.agent is not None or self.policy != "learned":
+            return 1.0
+        return 1.0 + self.episodes * self.train_fraction
 
     def shared_work(self, spec) -> str | None:
         """Runs of one label with ``agent_seed`` share one agent: the first to start trains it
         and the others wait for it, so only one of them should be costed (and started early)
         as an agent's training (alma_bench/execute/cost.py)."""
-        if self.agent is None and self.agent_seed is not None:
+        if self.agent is None and self.agent_seed is not None and self.policy == "learned":
             return f"rl-schedule agent of {spec.label}"
         return None
 
@@ -239,6 +284,7 @@ class RLSchedule:
             min_density=self.min_density, max_density=self.max_density, pruner=self.pruner,
             update_period=self.update_period, drop_fraction=self.drop_fraction,
             drop_by=self.drop_by, regrow_dropped=self.regrow_dropped, reward=self.reward,
+            decisions=self.decisions, base_schedule=self.base_schedule,
             prune_first=self.prune_first,
             prune_last=self.prune_last, prune_linear=self.prune_linear)
 

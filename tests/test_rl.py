@@ -88,7 +88,7 @@ def test_final_density_exact_and_observations_in_bounds(reward):
     target = round(TINY.density * sum(env.sizes.values()))
     for seed, kind in enumerate(["random", "low", "high"]):
         obs, _ = env.reset(seed=seed)
-        returns, first_acc = 0.0, obs[-1]
+        returns, first_acc = 0.0, env.val_acc
         for k in range(env.n_steps):
             a = {"random": rng.uniform(-3, 3, 2), "low": [-1, -1], "high": [1, 1]}[kind]
             obs, r, done, _, info = env.step(np.asarray(a, dtype=np.float32))
@@ -262,7 +262,7 @@ def test_train_agent_cli_then_rl_schedule_run(tmp_path, capsys):
     assert kept == round(0.3 * sum(sizes.values()))
     decisions = [d for r in rows for d in r["rl_schedule"]]
     env = SparsityScheduleEnv(rl.suite_config(str(suite))[1])
-    assert len(decisions) == env.n_steps
+    assert len(decisions) == len(env.plan)  # a target per interval, an action per group
     assert rows[0]["agent_train_s"] == 0.0 and rows[0]["agent_sha256"] == meta["sha256"]
     assert decisions[-1]["targets"] == {n: prunable[n] for n in sizes}
 

@@ -15,13 +15,21 @@ adds and the loop leaves out cannot change the trajectory: best-epoch selection 
 epoch of a rewiring megabatch (the only one under its final masks), and early stopping never
 ends a megabatch while its window is open, which leaves one epoch after it.
 
+* decisions: one per schedule interval, or (``decisions: K``) one per group of intervals, the
+  action held through its group (:mod:`alma_bench.rl.decisions`);
 * action: one value per prunable layer in [-1, 1], mapped affinely to [min_density,
-  max_density]; the last decision is projected (:func:`project`) so the run ends at exactly
-  round(density x n) prunable weights;
+  max_density], or (``base_schedule``) a residual on a handcrafted schedule whose zero action
+  is that schedule; the last interval is projected (:func:`project`) so the run ends at
+  exactly round(density x n) prunable weights;
 * observation: per layer (density, mean |w| of its kept weights, mean gradient norm over the
-  interval), then progress k/T, mean training loss over the interval, validation accuracy;
-* reward: the final validation accuracy (``terminal``) or its change over each step
-  (``delta``; the sum telescopes to final minus initial).
+  interval), then progress k/T, mean training loss over the interval, validation accuracy,
+  each normalised into [-1, 1] (:func:`~alma_bench.rl.decisions.normalise`);
+* reward: the final validation accuracy (``terminal``), its change over each step (``delta``;
+  the sum telescopes to final minus initial), or (``relative``) the final validation accuracy
+  minus that of the base schedule (the zero action) on the same episode seed: the baseline
+  that takes the network's and the data order's luck out of the return. With a seed cycle
+  (``seed_cycle``: common random numbers), episodes draw their seeds from a fixed list, so
+  the base episode of each seed is run once and return differences come from the policy.
 
 Seeding goes through ``reset(seed=...)`` only: every random draw of an episode (stream split,
 initialisation, data order, regrowth) comes from seeds derived from one episode seed.
@@ -41,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from alma_bench.errors import UserError
-from alma_bench.registry import PRUNERS, build_dataclass
+from alma_bench.registry import PRUNERS, SCHEDULES, build_dataclass
+from alma_bench.rl.decisions import decision_groups, normalise, residual_densities
 from alma_bench.run.data import BatchLoader, Normalizer
 from alma_bench.run.models import build_model
 from alma_bench.run.stream import build_stream
@@ -80,7 +89,9 @@ class EnvConfig:
     drop_fraction: float = 0.3
     drop_by: Literal["pruner", "magnitude"] = "magnitude"  # the swap's criterion (prune-regrow)
     regrow_dropped: bool = True  # the swap may regrow just-dropped weights (SET; prune-regrow)
-    reward: Literal["terminal", "delta"] = "terminal"
+    reward: Literal["terminal", "delta", "relative"] = "terminal"
+    decisions: int | None = None  # groups of intervals, one decision each; None: per interval
+    base_schedule: str | None = None  # the zero action's schedule; None: absolute densities
     prune_first: bool = True
     prune_last: bool = False
     prune_linear: bool = False  # every conv, no Linear layer, as every pruning strategy
@@ -97,6 +108,13 @@ class EnvConfig:
             raise UserError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
         if self.drop_by not in DROP_BY:
             raise UserError(f"drop_by must be one of {', '.join(DROP_BY)}, got {self.drop_by!r}")
+        if self.decisions is not None and self.decisions < 1:
+            raise UserError(f"decisions must be >= 1 or null, got {self.decisions}")
+        if self.base_schedule is not None and self.base_schedule not in SCHEDULES:
+            raise UserError(f"unknown base_schedule {self.base_schedule!r}. Valid: "
+                            f"{', '.join(SCHEDULES.names())}")
+        if self.reward == "relative" and self.base_schedule is None:
+            raise UserError("reward: relative needs a base_schedule (the zero action's)")
         for name in ("stream", "model", "protocol"):
             d = dict(getattr(self, name))
             if name == "stream":
@@ -138,6 +156,9 @@ class Interval:
     megabatch: int
     steps: int  # optimizer steps trained after the decision
     first: bool  # the megabatch's first decision: no swap (drop 0), as prune-regrow does
+    # prune-regrow's schedule progress at the decision (its planned step over the stream's
+    # planned total, megabatch t's span run over its window): where a base schedule is read
+    progress: float = 0.0
 
 
 def plan(train_sizes: list[int], epochs: int, batch_size: int, update_period: int):
@@ -145,13 +166,19 @@ def plan(train_sizes: list[int], epochs: int, batch_size: int, update_period: in
     per megabatch, before its first step, after every ``update_period`` steps of its window
     and at the window's last step; each decision is followed by the steps up to the next."""
     out = []
+    spans = [epochs * -(-n // batch_size) for n in train_sizes]
+    planned, offset = sum(spans), 0
     for t, n in enumerate(train_sizes):
         per_epoch = -(-n // batch_size)
         total = epochs * per_epoch
         window = rewiring_window(per_epoch, epochs)  # the strategy's own window
         points = sorted({0, window, *range(update_period, window + 1, update_period)})
-        out += [Interval(t, end - start, start == 0)
-                for start, end in zip(points, [*points[1:], total])]
+        for start, end in zip(points, [*points[1:], total]):
+            # RewiringTraining.planned_step: the span scaled by the window's progress
+            done = min(1.0, start / window) if window else 1.0
+            out.append(Interval(t, end - start, start == 0,
+                                (offset + spans[t] * done) / max(1, planned)))
+        offset += spans[t]
     return out
 
 
@@ -225,6 +252,11 @@ class IntervalStats:
 
 
 def observation_space(n_layers: int) -> gym.spaces.Box:
+    return gym.spaces.Box(-1.0, 1.0, (3 * n_layers + 3,), dtype=np.float32)
+
+
+def raw_space(n_layers: int) -> gym.spaces.Box:
+    """Bounds of the raw features, before :func:`~alma_bench.rl.decisions.normalise`."""
     low = np.zeros(3 * n_layers + 3, dtype=np.float32)
     high = np.array([1.0, MAX_WEIGHT, MAX_GRAD] * n_layers + [1.0, MAX_LOSS, 1.0],
                     dtype=np.float32)
@@ -233,8 +265,8 @@ def observation_space(n_layers: int) -> gym.spaces.Box:
 
 @torch.no_grad()
 def observation(maskset: MaskSet, stats: IntervalStats, progress: float,
-                val_acc: float) -> np.ndarray:
-    """The observation vector (module docstring), clipped into :func:`observation_space`."""
+                val_acc: float, num_classes: int) -> np.ndarray:
+    """The observation vector (module docstring), normalised into :func:`observation_space`."""
     grads, loss = stats.means()
     values = []
     for (name, m), g in zip(maskset.masks.items(), grads):
@@ -243,9 +275,9 @@ def observation(maskset: MaskSet, stats: IntervalStats, progress: float,
         mean_w = float(w.abs().sum()) / kept if kept else 0.0  # masked weights are zero
         values += [kept / m.numel(), mean_w, g]
     values += [progress, loss, val_acc]
-    space = observation_space(len(grads))
+    space = raw_space(len(grads))
     obs = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=MAX_LOSS)
-    return np.clip(obs, space.low, space.high)
+    return normalise(np.clip(obs, space.low, space.high), len(grads), num_classes)
 
 
 class SparsityScheduleEnv(gym.Env):
@@ -261,7 +293,8 @@ class SparsityScheduleEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig, split: Literal["train", "full"] = "train",
-                 train_fraction: float = 0.5, device: str = "cpu"):
+                 train_fraction: float = 0.5, device: str = "cpu",
+                 seed_cycle: tuple[int, ...] | None = None):
         from alma_bench.run.runner import load_data  # the harness's (per-process cached) loader
 
         if split not in ("train", "full"):
@@ -291,12 +324,18 @@ class SparsityScheduleEnv(gym.Env):
                 config.min_density)  # infeasible budgets fail here, not at the last step
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.names),), dtype=np.float32)
         self.observation_space = observation_space(len(self.names))
+        self.groups = decision_groups(len(self.plan), config.decisions)
+        self.base = SCHEDULES.create(config.base_schedule) if config.base_schedule else None
+        # common random numbers: episode seeds from a fixed cycle; none: from the env's RNG
+        self.seed_cycle = tuple(int(v) for v in seed_cycle) if seed_cycle else None
+        self.episodes = 0
+        self.base_acc: dict[int, float] = {}  # episode seed -> the base schedule's final val acc
         self.k = None  # index of the next decision; None before reset and after the end
 
     @property
     def n_steps(self) -> int:
         """Decisions per episode (T)."""
-        return len(self.plan)
+        return self.groups[-1] + 1
 
     def _plan(self, stream) -> list[Interval]:
         # from the full stream's sizes: the agent's train split never changes step counts
@@ -315,26 +354,51 @@ class SparsityScheduleEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.seeds = Seeds.derive(int(self.np_random.integers(0, 2**31 - 1)))
+        if self.seed_cycle is not None:
+            episode_seed = self.seed_cycle[self.episodes % len(self.seed_cycle)]
+        else:
+            episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.episodes += 1
+        if self.config.reward == "relative" and episode_seed not in self.base_acc:
+            # the baseline of this seed: the base schedule (the zero action) run once
+            self._begin(episode_seed)
+            zero = np.zeros(len(self.names), dtype=np.float32)
+            while self.k is not None:
+                self.step(zero)
+            self.base_acc[episode_seed] = self.val_acc
+        self._begin(episode_seed)
+        return self._obs(), {}
+
+    def _begin(self, episode_seed: int) -> None:
+        """Start an episode: every draw (split, init, data order, regrowth) from its seed."""
+        self.episode_seed = episode_seed
+        self.seeds = Seeds.derive(episode_seed)
         self.stream = build_stream(self.data, self.alma_split, self.seeds.stream)
         # T follows the stream's sizes, which depend on the seed only under replay=fraction
         self.plan = self._plan(self.stream)
+        self.groups = decision_groups(len(self.plan), self.config.decisions)
         if self.split == "train":  # the agent's networks train on its share of the pool
             keep = self.in_split.numpy()
             for mb in self.stream.megabatches:
+                held_out = mb.train[~keep[mb.train]]
                 mb.train = mb.train[keep[mb.train]]
                 if not len(mb.train):
                     raise UserError("train_fraction leaves a megabatch without training "
                                     "samples; raise it or use more data")
+                if self.config.reward == "relative":
+                    # the megabatch's samples no train network sees join its validation
+                    # split: at 1/10 of a 2k subset, 200 images put a 3 pp binomial noise on
+                    # the reward, above the effects between schedules
+                    mb.val = np.concatenate([mb.val, held_out])
         self.model, self.maskset = self._network(self.seeds.init)
         self.optimizer, self.loader, self.t = None, None, -1
         self.stats = IntervalStats(len(self.names))
-        self.k, self.exp_step, self.schedule = 0, 0, []
+        self.k, self.i, self.exp_step, self.schedule = 0, 0, 0, []
         self.val_acc = self._val_acc(0)
-        return self._obs(), {}
 
     def _obs(self) -> np.ndarray:
-        return observation(self.maskset, self.stats, self.k / self.n_steps, self.val_acc)
+        return observation(self.maskset, self.stats, self.k / self.n_steps, self.val_acc,
+                           self.data.num_classes)
 
     @torch.no_grad()
     def _val_acc(self, t: int) -> float:
@@ -380,36 +444,51 @@ class SparsityScheduleEnv(gym.Env):
         self.maskset.apply()
         self.exp_step += 1
 
+    def targets(self, action, iv: Interval) -> dict[str, float]:
+        """The per-layer densities ``action`` asks for at interval ``iv`` (unprojected)."""
+        c = self.config
+        if self.base is None:
+            return to_densities(action, self.names, c.min_density, c.max_density)
+        base = self.base.density(iv.progress, 1.0, c.density)
+        return residual_densities(action, self.names, base, c.min_density, c.max_density)
+
     def step(self, action):
+        """One decision: its action held through every interval of its group."""
         if self.k is None:
             raise RuntimeError("call reset() before step() (the episode has ended)")
-        c, iv = self.config, self.plan[self.k]
-        if iv.first:
-            self._start_megabatch(iv.megabatch)
-        targets = to_densities(action, self.names, c.min_density, c.max_density)
-        last = self.k == self.n_steps - 1
-        if last:
-            targets = project(targets, self.sizes, c.density, c.min_density)
-        g = torch.Generator().manual_seed(
-            derive(self.seeds.strategy, "prune-regrow", self.t, self.exp_step))
-        set_layer_densities(self.maskset, targets, self.pruner,
-                            0.0 if iv.first else c.drop_fraction, g, self.optimizer,
-                            drop_by=c.drop_by, regrow_dropped=c.regrow_dropped)
-        self.schedule.append(targets)
+        c = self.config
         self.stats = IntervalStats(len(self.names))
-        for _ in range(iv.steps):
-            self._train_step()
-        before, self.val_acc = self.val_acc, self._val_acc(iv.megabatch)
+        before = self.val_acc
+        while self.i < len(self.plan) and self.groups[self.i] == self.k:
+            iv = self.plan[self.i]
+            if iv.first:
+                self._start_megabatch(iv.megabatch)
+            targets = self.targets(action, iv)
+            if self.i == len(self.plan) - 1:  # the run's last interval: exactly on target
+                targets = project(targets, self.sizes, c.density, c.min_density)
+            g = torch.Generator().manual_seed(
+                derive(self.seeds.strategy, "prune-regrow", self.t, self.exp_step))
+            set_layer_densities(self.maskset, targets, self.pruner,
+                                0.0 if iv.first else c.drop_fraction, g, self.optimizer,
+                                drop_by=c.drop_by, regrow_dropped=c.regrow_dropped)
+            self.schedule.append(targets)
+            for _ in range(iv.steps):
+                self._train_step()
+            self.i += 1
+        self.val_acc = self._val_acc(iv.megabatch)
         self.k += 1
+        last = self.i == len(self.plan)
         if c.reward == "delta":
             reward = self.val_acc - before
+        elif not last:
+            reward = 0.0
+        elif c.reward == "relative":  # 0 while the baseline itself runs
+            reward = self.val_acc - self.base_acc.get(self.episode_seed, self.val_acc)
         else:
-            reward = self.val_acc if last else 0.0
+            reward = self.val_acc
         obs = self._obs()
         info = {"val_acc": self.val_acc, "megabatch": iv.megabatch, "targets": targets,
                 "density": self.maskset.density()}
         if last:
             self.k = None
         return obs, float(reward), bool(last), False, info
-
-
