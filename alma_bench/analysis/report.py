@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alma_bench.analysis import compare
-from alma_bench.analysis.figures import by_group, label_look, slug, theme, write_figures
+from alma_bench.analysis import compare, learning
+from alma_bench.analysis.figures import _save, by_group, label_look, slug, theme, write_figures
 from alma_bench.analysis.groups import (
     display_key,
     shared_and_own,
@@ -72,6 +72,10 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
             prefix = f"{slug(suite)}_" if len(suites) > 1 else ""
             figures = write_figures(results, suite, out, prefix, look, formats, on_figure)
             sections.append(_section(results, table, suite, figures))
+        learned = learning.section(results_dir, out,
+                                   lambda fig, stem: _save(fig, out / stem, formats))
+        if learned:
+            sections.append("## Learning curves\n\n" + learned)
     findings = out / FINDINGS
     head = _head(command, suites)
     if findings.is_file():
