@@ -65,13 +65,16 @@ def imp_q_rewards(results_dir: str | Path) -> pd.DataFrame:
 
 def first_last(curves: pd.DataFrame) -> pd.DataFrame:
     """Per agent: mean return of its first and last 20% of episodes, and last minus first."""
+    columns = ["agent", "label", "seed", "episodes", "first", "last", "gain"]
+    if curves.empty:
+        return pd.DataFrame(columns=columns)
     out = []
     for agent, c in curves.sort_values("episode").groupby("agent", sort=False):
         n = max(1, math.floor(SHARE * len(c)))
         first, last = c["return"].iloc[:n].mean(), c["return"].iloc[-n:].mean()
         out.append({"agent": agent, "label": c["label"].iloc[0], "seed": c["seed"].iloc[0],
                     "episodes": len(c), "first": first, "last": last, "gain": last - first})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=columns)
 
 
 def paired_gain(table: pd.DataFrame, level: float = 0.95) -> dict:
