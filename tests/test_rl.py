@@ -208,6 +208,7 @@ def test_a_default_train_eval_sample_leaves_agent_configs_as_before():
     assert "train_eval_sample" not in config.to_json()["protocol"]
 
 
+@pytest.mark.slow
 def test_recurrent_ppo_learns_the_known_best_schedule():
     """A fixed, seeded budget of 100 episodes; then deterministic episodes on unseen networks
     (the full training set) against a uniformly random policy on the same networks."""
@@ -438,3 +439,22 @@ def test_relative_reward_is_zero_for_the_base_and_differs_between_policies():
     assert returns["zero"] == [0.0, 0.0]
     assert len({tuple(v) for v in returns.values()}) == 3, returns
     assert set(env.base_acc) == {5, 6}
+
+
+def test_a_trained_smoke_agent_beats_its_untrained_policy():
+    """A real environment at smoke size (an MLP on synthetic data) where the best schedule is
+    known (the output layer dense, the budget's rest in the hidden layer), in the residual form
+    with the suite's own settings: after 100 episodes the agent's deterministic schedule beats
+    its untrained policy (the constant schedule) on 12 unseen networks, by finding why."""
+    config = dataclasses.replace(CRITICAL_OUT, decisions=2, base_schedule="constant",
+                                 reward="relative")
+    model, returns, _ = rl.train_agent(config, 100, n_envs=2, seed=0, crn_seeds=4)
+    terminal = dataclasses.replace(config, reward="terminal")
+    seeds = range(1000, 1012)
+    trained = _mean_return(terminal, lambda: rl.Policy(model).act, seeds)
+    untrained = _mean_return(terminal, lambda: rl.Policy(rl.new_agent(config)).act, seeds)
+    # measured: trained 0.70 / 0.51 / 0.70 (agent seeds 0 / 1 / 2) against untrained 0.40
+    assert trained > untrained + 0.1, (trained, untrained)
+    assert np.mean(returns[-20:]) > np.mean(returns[:20])  # its training returns rose
+    final = rl.evaluate(model, terminal, seed=7)["schedule"][-1]
+    assert final["out"] > final["fc1"], final
