@@ -49,7 +49,9 @@ def imp_q_rewards(results_dir: str | Path) -> pd.DataFrame:
             spec = json.loads(config.read_text())
         except (OSError, ValueError):
             continue
-        if (spec.get("strategy") or {}).get("name") != "imp-q":
+        strategy = spec.get("strategy") or {}
+        if strategy.get("name") != "imp-q" or (strategy.get("params") or {}).get(
+                "learn") is False:  # its untrained greedy policy learns nothing by design
             continue
         metrics = config.parent / "metrics.jsonl"
         if not metrics.is_file():
