@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-slow lint reports perf clean report-quickstart \
 	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules \
-	report-lottery report-alma-cl
+	report-lottery report-lottery-imp-q report-alma-cl
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +33,8 @@ REPORT = $(BIN)/alma-bench report
 RUN = $(BIN)/alma-bench run
 DENSITIES = [0.1,0.2,0.3663573774335656]
 reports: report-quickstart report-app-density report-app-long \
-	report-dpr-trainability report-sparsity-schedules report-lottery report-alma-cl
+	report-dpr-trainability report-sparsity-schedules report-lottery report-lottery-imp-q \
+	report-alma-cl
 
 report-quickstart: $(STAMP)
 	$(RUN) quickstart --quiet
@@ -83,6 +84,13 @@ report-lottery: $(STAMP)
 	$(BIN)/alma-bench compare results/lottery-quick --baseline imp --metric final_test_acc cer \
 	  | grep -E " vs imp" >> reports/lottery/README.md
 	printf '```\n' >> reports/lottery/README.md
+
+# IMP-Q (learning from its own levels) against IMP and its untrained greedy policy
+IMPQ = --strategies imp,imp-q,imp-q-untrained
+report-lottery-imp-q: $(STAMP)
+	$(RUN) lottery --scale quick --quiet $(IMPQ)
+	$(REPORT) results/lottery-quick --out reports/lottery-imp-q \
+	  --command "make report-lottery-imp-q: alma-bench run lottery --scale quick $(IMPQ) && alma-bench report results/lottery-quick --out reports/lottery-imp-q"
 
 report-alma-cl: $(STAMP)
 	$(RUN) alma-cl --scale quick --quiet
