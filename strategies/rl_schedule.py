@@ -35,8 +35,8 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from alma_bench.errors import UserError
-from alma_bench.registry import SCHEDULES, STRATEGIES
-from alma_bench.rl.decisions import decision_groups, residual_densities
+from alma_bench.registry import STRATEGIES
+from alma_bench.rl.decisions import decision_groups
 from alma_bench.sparsity import check_density
 from alma_bench.spec.config import derive
 from alma_bench.strategies.prune_regrow import PruneRegrow, PruneRegrowPlugin
@@ -73,7 +73,6 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         # the env's grouping of intervals into decisions, so decision k means the same here
         self.groups = decision_groups(intervals, params.decisions)
         self.n_decisions = self.groups[-1] + 1
-        self.base = SCHEDULES.create(params.base_schedule) if params.base_schedule else None
         self.action = None  # the agent's last action, held through its group of intervals
         self.sizes = {n: m.numel() for n, m in self.maskset.masks.items()}
         self.stats = self.env_mod.IntervalStats(len(self.sizes))
@@ -159,13 +158,7 @@ class RLSchedulePlugin(PruneRegrowPlugin):
                                   self.ctx.stream.data.num_classes)
             self.action = self.policy.act(obs)
             self.stats = env.IntervalStats(len(self.sizes))
-        if self.base is None:
-            targets = env.to_densities(self.action, list(self.sizes), c.min_density,
-                                       c.max_density)
-        else:
-            targets = residual_densities(self.action, list(self.sizes),
-                                         self.base.density(progress, 1.0, c.density),
-                                         c.min_density, c.max_density)
+        targets = env.action_densities(c, self.action, list(self.sizes), progress)
         if self.t == self.ctx.n_megabatches - 1 and not self.window_open():
             # the run's last decision: the final masks are at exactly the target density
             targets = env.project(targets, self.sizes, c.density, c.min_density)

@@ -34,12 +34,12 @@ def test_first_and_last_fifth_paired_over_agents(tmp_path):
     assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.2)
     assert gain["low"] == pytest.approx(0.2 - 0.2484, abs=1e-3)
     saved = []
-    text = learning.section(tmp_path, tmp_path, lambda fig, stem: saved.append(stem) or "f.png")
+    text = learning.section(tmp_path, lambda fig, stem: saved.append(stem) or "f.png")
     assert saved == ["learning_rl_schedule"] and "| learned | 1 | 10 |" in text
     assert "paired over the 3 learners: +0.2000" in text
 
 
 def test_no_learner_no_section(tmp_path):
-    assert learning.section(tmp_path, tmp_path, lambda fig, stem: "x") == ""
+    assert learning.section(tmp_path, lambda fig, stem: "x") == ""
     assert learning.paired_gain(learning.first_last(learning.agent_returns(tmp_path)))[
         "n"] == 0

@@ -112,7 +112,7 @@ def curve_figure(curves: pd.DataFrame, title: str, ylabel: str):
     return fig
 
 
-def section(results_dir: str | Path, out: Path, save) -> str:
+def section(results_dir: str | Path, save) -> str:
     """The report's "Learning" section (empty when no learner is in ``results_dir``); figures
     go through ``save(fig, stem) -> file name``."""
     parts = []

@@ -72,7 +72,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
             prefix = f"{slug(suite)}_" if len(suites) > 1 else ""
             figures = write_figures(results, suite, out, prefix, look, formats, on_figure)
             sections.append(_section(results, table, suite, figures))
-        learned = learning.section(results_dir, out,
+        learned = learning.section(results_dir,
                                    lambda fig, stem: _save(fig, out / stem, formats))
         if learned:
             sections.append("## Learning curves\n\n" + learned)

@@ -23,6 +23,7 @@ import torch
 
 from alma_bench.errors import UserError
 from alma_bench.rl.env import EnvConfig, SparsityScheduleEnv
+from alma_bench.spec.config import derive
 
 # A small LSTM: the policy reads ~3 numbers per layer, and RecurrentPPO on CPU is slow enough
 # (ALGORITHMS.md section 10) without sb3's default 256 units.
@@ -64,8 +65,6 @@ def seed_cycles(seed: int, crn_seeds: int | None, n_envs: int) -> list:
     seed's base episode then runs once); None: fresh seeds every episode."""
     if crn_seeds is None:
         return [None] * n_envs
-    from alma_bench.spec.config import derive
-
     seeds = [derive(seed, "crn", i) for i in range(crn_seeds)]
     return [tuple(seeds[i::n_envs]) for i in range(n_envs)]
 

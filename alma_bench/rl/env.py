@@ -55,7 +55,7 @@ from alma_bench.run.data import BatchLoader, Normalizer
 from alma_bench.run.models import build_model
 from alma_bench.run.stream import build_stream
 from alma_bench.sparsity.masks import MaskSet
-from alma_bench.sparsity.plugin import rewiring_window
+from alma_bench.sparsity.plugin import rewiring_window, window_fraction
 from alma_bench.sparsity.rewire import DROP_BY, set_layer_densities
 from alma_bench.spec.compose import omit_later
 from alma_bench.spec.config import LATER_PROTOCOL_FIELDS, Protocol, Seeds, derive, split_and_source
@@ -175,11 +175,24 @@ def plan(train_sizes: list[int], epochs: int, batch_size: int, update_period: in
         points = sorted({0, window, *range(update_period, window + 1, update_period)})
         for start, end in zip(points, [*points[1:], total]):
             # RewiringTraining.planned_step: the span scaled by the window's progress
-            done = min(1.0, start / window) if window else 1.0
+            done = window_fraction(start, window)
             out.append(Interval(t, end - start, start == 0,
                                 (offset + spans[t] * done) / max(1, planned)))
         offset += spans[t]
     return out
+
+
+def action_densities(config: EnvConfig, action, names: list[str],
+                     progress: float) -> dict[str, float]:
+    """The per-layer densities ``action`` asks for at schedule progress ``progress``
+    (unprojected), in the environment and in a run alike: absolute in [min_density,
+    max_density], or a residual on the config's base schedule (from density 1 to the target,
+    as prune-regrow's schedules run)."""
+    c = config
+    if c.base_schedule is None:
+        return to_densities(action, names, c.min_density, c.max_density)
+    base = SCHEDULES.create(c.base_schedule).density(progress, 1.0, c.density)
+    return residual_densities(action, names, base, c.min_density, c.max_density)
 
 
 def to_densities(action, names: list[str], low: float, high: float) -> dict[str, float]:
@@ -325,7 +338,6 @@ class SparsityScheduleEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.names),), dtype=np.float32)
         self.observation_space = observation_space(len(self.names))
         self.groups = decision_groups(len(self.plan), config.decisions)
-        self.base = SCHEDULES.create(config.base_schedule) if config.base_schedule else None
         # common random numbers: episode seeds from a fixed cycle; none: from the env's RNG
         self.seed_cycle = tuple(int(v) for v in seed_cycle) if seed_cycle else None
         self.episodes = 0
@@ -444,14 +456,6 @@ class SparsityScheduleEnv(gym.Env):
         self.maskset.apply()
         self.exp_step += 1
 
-    def targets(self, action, iv: Interval) -> dict[str, float]:
-        """The per-layer densities ``action`` asks for at interval ``iv`` (unprojected)."""
-        c = self.config
-        if self.base is None:
-            return to_densities(action, self.names, c.min_density, c.max_density)
-        base = self.base.density(iv.progress, 1.0, c.density)
-        return residual_densities(action, self.names, base, c.min_density, c.max_density)
-
     def step(self, action):
         """One decision: its action held through every interval of its group."""
         if self.k is None:
@@ -463,7 +467,7 @@ class SparsityScheduleEnv(gym.Env):
             iv = self.plan[self.i]
             if iv.first:
                 self._start_megabatch(iv.megabatch)
-            targets = self.targets(action, iv)
+            targets = action_densities(c, action, self.names, iv.progress)
             if self.i == len(self.plan) - 1:  # the run's last interval: exactly on target
                 targets = project(targets, self.sizes, c.density, c.min_density)
             g = torch.Generator().manual_seed(

@@ -69,6 +69,12 @@ class MaskedTraining(SupervisedPlugin):
         return {"dense_layers": list(self.maskset.dense_layers)}
 
 
+def window_fraction(step: int, window: int) -> float:
+    """Fraction of a rewiring window of ``window`` steps done after ``step`` steps, in [0, 1]
+    (1.0 for an empty window): the clock of every schedule keyed to the stream's plan."""
+    return min(1.0, step / window) if window else 1.0
+
+
 def rewiring_window(per_epoch: int, epochs: int) -> int:
     """Optimizer steps of a megabatch's rewiring window: its first E - 1 epochs, or half of its
     steps when E = 1 (empty with a single step: the masks are then set before that step)."""
@@ -146,7 +152,7 @@ class RewiringTraining(MaskedTraining):
     def window_progress(self) -> float:
         """Fraction of the rewiring window done in this megabatch, in [0, 1] (1.0 for an
         empty window)."""
-        return min(1.0, self.exp_step / self.window) if self.window else 1.0
+        return window_fraction(self.exp_step, self.window)
 
     def masks_final(self, strategy=None) -> bool:
         """Read by early stopping: a megabatch never ends while its masks may still change."""

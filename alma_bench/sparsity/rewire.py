@@ -177,15 +177,13 @@ def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner
             drop = math.floor(drop_fraction * survive)
         else:
             drop = max(0, min(round(drop_fraction * survive), (n - alive) - grow))
-        alive_flat = m.reshape(-1)
-        # the survivors of the scheduled pruning (by the pruner's scores)
-        scheduled = _keep_top(scores[name].reshape(-1), alive_flat, survive)
-        if drop_by == "magnitude":  # the swap drops by |w|
-            kept = _keep_top(maskset.weights[name].detach().abs().reshape(-1), scheduled,
-                             survive - drop)
-        else:  # the swap drops the next lowest-scored (the top survive - drop of the same scores)
-            kept = _keep_top(scores[name].reshape(-1), alive_flat, survive - drop)
-        kept = kept.reshape(m.shape)
+        # the survivors of the scheduled pruning (by the pruner's scores), then the swap drops
+        # the lowest of them by its criterion (_keep_top's order is total, so with the
+        # pruner's scores this is the top survive - drop of the alive weights)
+        scheduled = _keep_top(scores[name].reshape(-1), m.reshape(-1), survive)
+        swap_by = (maskset.weights[name].detach().abs() if drop_by == "magnitude"
+                   else scores[name])
+        kept = _keep_top(swap_by.reshape(-1), scheduled, survive - drop).reshape(m.shape)
         # never where the scheduled pruning just pruned; where the swap dropped only under SET
         exclude = m & ~scheduled.reshape(m.shape) if regrow_dropped else m & ~kept
         new[name] = random_grow(kept, grow + drop, generator, exclude=exclude)
