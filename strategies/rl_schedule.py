@@ -12,7 +12,8 @@ with the handcrafted ones on equal terms.
 The agent is ``agent=PATH`` (made by ``alma-bench train-agent`` for the same stream, model,
 protocol and schedule parameters: anything else is a one-line error before training), or,
 without one, trained at the run's first decision for ``episodes`` episodes on train networks
-(seeded from the strategy seed, the train split of this run's stream), saved as
+(seeded from the strategy seed; networks trained on this run's stream as the run trains its
+own, the reward read on ``reward_images`` more pool images outside the stream's subset), saved as
 ``artifacts/agent.zip`` (+ ``.json``) and reused when the run resumes; the seconds it took are
 ``agent_train_s`` in every row. With ``agent_seed``, the agent is trained once from that seed and
 shared by every run of the same environment config in the results folder (under ``agents/``,
@@ -87,7 +88,7 @@ class RLSchedulePlugin(PruneRegrowPlugin):
         r = self.rl
         key = hashlib.sha256(json.dumps(
             {"env": self.config.to_json(), "episodes": r.episodes, "envs": r.envs,
-             "seed": r.agent_seed, "train_fraction": r.train_fraction,
+             "seed": r.agent_seed, **r.agent_data(),
              **({"crn_seeds": r.crn_seeds} if r.crn_seeds is not None else {})},
             sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = Path(self.ctx.run_dir).parent / "agents" / f"{key}.zip"
@@ -98,9 +99,8 @@ class RLSchedulePlugin(PruneRegrowPlugin):
             if not path.is_file():
                 a = self.agent_mod
                 model, returns, secs = a.train_agent(self.config, r.episodes, r.envs,
-                                                     seed=r.agent_seed,
-                                                     train_fraction=r.train_fraction,
-                                                     crn_seeds=r.crn_seeds)
+                                                     seed=r.agent_seed, crn_seeds=r.crn_seeds,
+                                                     **r.agent_data())
                 a.save_agent(model, path, self.config, {"episodes": len(returns),
                                                         "returns": returns, "train_s": secs,
                                                         "seed": r.agent_seed})
@@ -125,8 +125,8 @@ class RLSchedulePlugin(PruneRegrowPlugin):
             return a.Policy(a.load_agent(path, self.config))
         model, returns, self.train_s = a.train_agent(
             self.config, self.rl.episodes, self.rl.envs,
-            seed=derive(self.ctx.seeds.strategy, "rl-agent"),
-            train_fraction=self.rl.train_fraction, crn_seeds=self.rl.crn_seeds)
+            seed=derive(self.ctx.seeds.strategy, "rl-agent"), crn_seeds=self.rl.crn_seeds,
+            **self.rl.agent_data())
         if own is not None:
             a.save_agent(model, own, self.config, {"episodes": len(returns),
                                                    "returns": returns,
@@ -197,8 +197,9 @@ class RLSchedulePlugin(PruneRegrowPlugin):
 class RLSchedule:
     """Prune-regrow with per-layer densities chosen by a RecurrentPPO agent (learned schedule)."""
 
-    # revision 2: the swap's defaults became SET's, as prune-regrow's (its revision 2)
-    revision: ClassVar[int] = 2
+    # revision 2: the swap's defaults became SET's, as prune-regrow's (its revision 2);
+    # revision 3: agents train on networks trained as a run's (reward_images), 8 CRN seeds
+    revision: ClassVar[int] = 3
 
     density: float = 0.1  # final global density over the prunable weights
     min_density: float = 0.05  # the agent's range per layer (action [-1, 1] mapped onto it)
@@ -224,8 +225,17 @@ class RLSchedule:
     episodes: int = 100  # when training in the run
     agent_seed: int | None = None  # train one agent from this seed, shared by equal runs
     envs: int = 2  # parallel environments when training in the run
-    crn_seeds: int | None = 4  # training episodes cycle through this many seeds; null: fresh
-    train_fraction: float = 0.5  # share of the training pool the agent trains on
+    # training episodes cycle through this many seeds (common random numbers); null: fresh.
+    # 4 let an agent fit its seeds' luck; 8 cost 4 more base episodes per agent
+    crn_seeds: int | None = 8
+    # The agent's networks train on the run's whole stream, as a run's do, and its reward is
+    # read on the megabatch's validation split plus this many images of the pool outside the
+    # stream's subset (none when the stream uses the whole pool, whose validation split is
+    # then large). null: they train on train_fraction of the pool, the rest joining the
+    # validation split: half-pool networks, whose learned schedules lost on the run's
+    # full-data networks (docs/learned-decisions.md)
+    reward_images: int | None = 2000
+    train_fraction: float = 0.5  # with reward_images null: the agent's share of the pool
     prune_first: bool = True
     prune_last: bool = False
     prune_linear: bool = False  # every conv, no Linear layer, as every pruning strategy
@@ -244,14 +254,17 @@ class RLSchedule:
                              f"{self.crn_seeds}")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.reward_images is not None and self.reward_images < 0:
+            raise ValueError(f"reward_images must be >= 0 or null, got {self.reward_images}")
         self.prune_regrow()  # update_period and drop_fraction checked as prune-regrow does
 
     def cost_factor(self, spec) -> float:
         """Without an agent, the run first trains one: ``episodes`` episodes, each a training
-        run on ``train_fraction`` of the pool (alma_bench/execute/cost.py)."""
+        run of the same steps (alma_bench/execute/cost.py)."""
         if self.agent is not None or self.policy != "learned":
             return 1.0
-        return 1.0 + self.episodes * self.train_fraction
+        return 1.0 + self.episodes * (1.0 if self.reward_images is not None
+                                      else self.train_fraction)
 
     def shared_work(self, spec) -> str | None:
         """Runs of one label with ``agent_seed`` share one agent: the first to start trains it
@@ -260,6 +273,13 @@ class RLSchedule:
         if self.agent is None and self.agent_seed is not None and self.policy == "learned":
             return f"rl-schedule agent of {spec.label}"
         return None
+
+    def agent_data(self) -> dict:
+        """What the agent's networks train on and its reward reads (train_agent's keywords,
+        and part of a shared agent's key): reward_images, else train_fraction."""
+        if self.reward_images is not None:
+            return {"reward_images": self.reward_images}
+        return {"train_fraction": self.train_fraction}
 
     def prune_regrow(self) -> PruneRegrow:
         """The prune-regrow whose cadence and mask updates this strategy uses."""

@@ -459,3 +459,24 @@ def test_a_trained_smoke_agent_beats_its_untrained_policy():
     assert np.mean(returns[-20:]) > np.mean(returns[:20])  # its training returns rose
     final = rl.evaluate(model, terminal, seed=7)["schedule"][-1]
     assert final["out"] > final["fc1"], final
+
+
+def test_reward_images_come_from_outside_the_stream_and_networks_train_as_a_run():
+    """With ``reward_images`` the agent's networks train on the stream's own training samples
+    (a run's, not a share of them), and the reward's validation split grows by that many pool
+    images no network of the episode's stream trains on or validates on."""
+    from alma_bench.run.stream import build_stream
+
+    config = dataclasses.replace(TINY, stream={**TINY.stream, "subset": 60})
+    env = SparsityScheduleEnv(config, split="full", reward_images=30)
+    env.reset(seed=3)
+    run = build_stream(env.data, env.alma_split, env.seeds.stream)
+    used = set()
+    for mine, theirs in zip(env.stream.megabatches, run.megabatches):
+        assert np.array_equal(mine.train, theirs.train)
+        extra = np.setdiff1d(mine.val, theirs.val)
+        assert len(extra) == 30 and len(mine.val) == len(theirs.val) + 30
+        used |= set(theirs.train) | set(theirs.val)
+    assert not used & set(extra.tolist())
+    with pytest.raises(UserError, match="reward_images"):
+        SparsityScheduleEnv(config, split="train", reward_images=30)

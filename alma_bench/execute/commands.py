@@ -237,8 +237,8 @@ def cmd_train_agent(args) -> int:
     s = Seeds.derive(seed).strategy
     model, returns, secs = agent.train_agent(config, args.episodes, args.envs,
                                              seed=derive(s, "rl-agent"),
-                                             train_fraction=strategy.train_fraction,
-                                             progress=True)
+                                             crn_seeds=strategy.crn_seeds, progress=True,
+                                             **strategy.agent_data())
     agent.save_agent(model, out, config, {"episodes": len(returns), "returns": returns,
                                           "train_s": secs, "suite": args.suite,
                                           "scale": args.scale, "sets": args.sets})

@@ -52,11 +52,12 @@ def config_path(agent_path: str | Path) -> Path:
 
 
 def _make_env(config_json: dict, split: str, train_fraction: float, one_thread: bool,
-              seed_cycle: tuple[int, ...] | None = None):
+              seed_cycle: tuple[int, ...] | None = None, reward_images: int = 0):
     if one_thread:  # a SubprocVecEnv worker: K workers share the cores, one thread each
         torch.set_num_threads(1)
     return SparsityScheduleEnv(EnvConfig.from_json(config_json), split=split,
-                               train_fraction=train_fraction, seed_cycle=seed_cycle)
+                               train_fraction=train_fraction, seed_cycle=seed_cycle,
+                               reward_images=reward_images)
 
 
 def seed_cycles(seed: int, crn_seeds: int | None, n_envs: int) -> list:
@@ -70,7 +71,8 @@ def seed_cycles(seed: int, crn_seeds: int | None, n_envs: int) -> list:
 
 
 def make_vec_env(config: EnvConfig, n_envs: int = 1, split: str = "train",
-                 train_fraction: float = 0.5, cycles: list | None = None):
+                 train_fraction: float = 0.5, cycles: list | None = None,
+                 reward_images: int = 0):
     """K environments: in subprocesses when K > 1 (the env step, training, dominates), else
     in this process; wrapped in VecMonitor so episode returns reach the callback."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
@@ -78,8 +80,8 @@ def make_vec_env(config: EnvConfig, n_envs: int = 1, split: str = "train",
     if n_envs < 1:
         raise UserError(f"--envs must be >= 1, got {n_envs}")
     cycles = cycles or [None] * n_envs
-    fns = [partial(_make_env, config.to_json(), split, train_fraction, n_envs > 1, cycles[i])
-           for i in range(n_envs)]
+    fns = [partial(_make_env, config.to_json(), split, train_fraction, n_envs > 1, cycles[i],
+                   reward_images) for i in range(n_envs)]
     if n_envs == 1:
         return VecMonitor(DummyVecEnv(fns))
     # Workers fork from a forkserver that imported torch and the harness once (seconds on a
@@ -187,17 +189,20 @@ def new_agent(config: EnvConfig, seed: int = 0):
 
 def train_agent(config: EnvConfig, episodes: int, n_envs: int = 1, seed: int = 0,
                 train_fraction: float = 0.5, progress: bool = False, ppo: dict | None = None,
-                crn_seeds: int | None = None):
+                crn_seeds: int | None = None, reward_images: int | None = None):
     """RecurrentPPO trained on train networks for ``episodes`` episodes (rounded up to whole
     rollouts of all envs); env i's episodes are seeded from ``seed + i`` (or cycle through its
-    share of ``crn_seeds`` seeds), on the train split. Returns (model, episode returns,
+    share of ``crn_seeds`` seeds). The networks train on ``train_fraction`` of the pool (the
+    train split) or, with ``reward_images``, on all of it as a run's do, the reward read on
+    that many more images outside the stream's subset. Returns (model, episode returns,
     seconds)."""
     if episodes < 1:
         raise UserError(f"episodes must be >= 1, got {episodes}")
     start = time.perf_counter()
+    split = "train" if reward_images is None else "full"
     with preserved_rng():
-        env = make_vec_env(config, n_envs, "train", train_fraction,
-                           seed_cycles(seed, crn_seeds, n_envs))
+        env = make_vec_env(config, n_envs, split, train_fraction,
+                           seed_cycles(seed, crn_seeds, n_envs), reward_images or 0)
         try:
             model, returns = learn(env, config.base_schedule is not None, episodes, n_envs,
                                    seed, progress, ppo)

@@ -53,7 +53,7 @@ from alma_bench.registry import PRUNERS, SCHEDULES, build_dataclass
 from alma_bench.rl.decisions import decision_groups, normalise, residual_densities
 from alma_bench.run.data import BatchLoader, Normalizer
 from alma_bench.run.models import build_model
-from alma_bench.run.stream import build_stream
+from alma_bench.run.stream import build_stream, outside_indices
 from alma_bench.sparsity.masks import MaskSet
 from alma_bench.sparsity.plugin import rewiring_window, window_fraction
 from alma_bench.sparsity.rewire import DROP_BY, set_layer_densities
@@ -300,21 +300,27 @@ class SparsityScheduleEnv(gym.Env):
     pool (each megabatch's training samples restricted to it; its validation samples, which
     no network trains on, are kept whole; step counts stay those of the full stream, so
     episodes have the run's length). ``split="full"``: the whole training set, as a run sees
-    it. The stream's split, like every other draw, comes from the episode seed.
+    it, and with ``reward_images`` the validation split of every megabatch grows by that many
+    images of the pool outside the stream's subset (:func:`outside_indices`): a reward read
+    on enough images, from networks trained exactly as a run's. The stream's split, like
+    every other draw, comes from the episode seed.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig, split: Literal["train", "full"] = "train",
                  train_fraction: float = 0.5, device: str = "cpu",
-                 seed_cycle: tuple[int, ...] | None = None):
+                 seed_cycle: tuple[int, ...] | None = None, reward_images: int = 0):
         from alma_bench.run.runner import load_data  # the harness's (per-process cached) loader
 
         if split not in ("train", "full"):
             raise UserError(f"split must be train or full, got {split!r}")
         if not 0 < train_fraction <= 1:
             raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
-        self.config, self.split = config, split
+        if reward_images < 0 or (reward_images and split != "full"):
+            raise UserError(f"reward_images must be >= 0 and needs split full, got "
+                            f"{reward_images} with split {split}")
+        self.config, self.split, self.reward_images = config, split, reward_images
         self.protocol = config.protocol_obj()
         self.device = torch.device(device)
         self.data = load_data(config.stream)
@@ -389,6 +395,11 @@ class SparsityScheduleEnv(gym.Env):
         # T follows the stream's sizes, which depend on the seed only under replay=fraction
         self.plan = self._plan(self.stream)
         self.groups = decision_groups(len(self.plan), self.config.decisions)
+        if self.reward_images:  # validation images the run's stream never uses
+            extra = outside_indices(len(self.data.train_y), self.alma_split, self.seeds.stream,
+                                    self.reward_images)
+            for mb in self.stream.megabatches:
+                mb.val = np.concatenate([mb.val, extra])
         if self.split == "train":  # the agent's networks train on its share of the pool
             keep = self.in_split.numpy()
             for mb in self.stream.megabatches:

@@ -44,7 +44,7 @@ def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
         raise UserError(f"{split.megabatches} megabatches of {pool} samples leave a "
                         "megabatch with no training sample; use fewer megabatches")
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)[:pool]
+    perm = rng.permutation(n)[:pool]  # outside_indices reads the same permutation's tail
     parts = np.array_split(perm, split.megabatches)
     out: list[Megabatch] = []
     memory = np.empty(0, dtype=np.int64)
@@ -70,6 +70,16 @@ def split_indices(n: int, split: AlmaSplit, seed: int) -> list[Megabatch]:
         out.append(Megabatch(new=new, train=np.asarray(train), val=np.concatenate(vals),
                              size=len(part)))
     return out
+
+
+def outside_indices(n: int, split: AlmaSplit, seed: int, k: int) -> np.ndarray:
+    """Up to ``k`` samples of the pool that the stream of split seed ``seed`` never uses:
+    the next entries of the permutation whose head is its ``subset`` (none without a subset).
+    Images from the stream's own distribution that none of its networks trains on."""
+    if split.subset is None or k <= 0:
+        return np.empty(0, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(n)  # split_indices' first draw
+    return perm[split.subset: split.subset + k]
 
 
 def _reservoir(buf, new, seen, k, rng):
