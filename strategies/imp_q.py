@@ -54,6 +54,14 @@ megabatch (``q_decisions``: level, action, layer, fraction, weights cut by the l
 greedy or explore, weights that differ from magnitude's masks, the reward, and the
 accuracy and loss of both masks).
 
+``backup=full`` measures at each level the reward of *every* feasible action, not only the one
+taken: each action's masks are made from the same trained weights and scored against
+magnitude's, as the taken action's are, so one level costs one evaluation per action and no
+training. Q(s, a) is updated for each action with its own reward and next state, and the
+greedy action is then taken (no exploration prunes the run's own model). The table thus learns
+from 1 + 3 x layers transitions per level instead of one; the seed's sampled backup
+(``backup=sample``, the default) stays as it was.
+
 ``learn=false`` applies the table greedily without exploring or updating: the untrained
 greedy policy for a paired comparison. With ``episodes=0`` that table is the initial one, so
 the run *is* plain IMP (global magnitude at every level; the rows equal ``imp``'s, plus the
@@ -195,6 +203,54 @@ def prune_level(agent: QAgent, ms: MaskSet, level: int, densities: list[float], 
             "val_loss_magnitude": loss_ref}
 
 
+def prune_level_full(agent: QAgent, ms: MaskSet, level: int, densities: list[float], evaluate,
+                     buckets: int, optimizer=None, reward: str = "loss") -> dict:
+    """One level with a full backup (``backup: full``): the masks of *every* feasible action
+    are made from the same trained weights and rewarded against magnitude's, exactly as the
+    taken action's are in :func:`prune_level`; Q(s, a) is updated for each with its own
+    reward and next state; then the greedy action is taken. The reward needs no training, only
+    one evaluation per action, so the table learns from all 1 + 3 x layers actions at every
+    level instead of one, and no exploration prunes the run's own model."""
+    last = len(densities) - 1
+    density = scheduled(densities, level)
+    actions = agent.table.actions
+    s, ok = state_of(ms, level, buckets), feasible(ms, actions)
+    snap = _snapshot(ms)
+    magnitude_level(ms, density)
+    ref = {n: m.clone() for n, m in ms.masks.items()}
+    with torch.no_grad():
+        acc_ref, loss_ref = evaluate()
+    tried = {}
+    for a in agent.table.options(ok):
+        _restore(ms, snap)
+        cut = apply_action(ms, actions[a], density)
+        mine = {n: m.clone() for n, m in ms.masks.items()}
+        differs = sum(int((ref[n] ^ mine[n]).sum()) for n in mine)
+        acc, loss, r = acc_ref, loss_ref, 0.0
+        if differs:
+            with torch.no_grad():
+                acc, loss = evaluate()
+            r = acc - acc_ref if reward == "accuracy" else loss_ref - loss
+        nxt = (None, None) if level >= last else (state_of(ms, level + 1, buckets),
+                                                  feasible(ms, actions))
+        agent.backup(s, a, r, *nxt)
+        tried[a] = (mine, cut, differs, acc, loss, r)
+    a, _ = agent.act(s, ok, explore=False)
+    mine, cut, differs, acc, loss, r = tried[a]
+    _restore(ms, snap)
+    ms.update(mine, optimizer)  # nested in the snapshot: only prunes
+    agent.took(r)
+    if level >= last:
+        agent.end_episode()
+    action = actions[a]
+    return {"level": level, "action": a,
+            "layer": None if action[0] is None else ms.names[int(action[0])],
+            "fraction": float(action[1]), "cut": cut, "choice": "greedy", "differs": differs,
+            "reward": r, "val_acc": acc, "val_acc_magnitude": acc_ref, "val_loss": loss,
+            "val_loss_magnitude": loss_ref,
+            "rewards": {str(i): t[5] for i, t in tried.items()}}
+
+
 def new_agent(p: IMPQ, ms: MaskSet, n_levels: int, seed: int) -> QAgent:
     """The initial agent: priors 0 (magnitude's value), pooled, ties to magnitude; epsilon
     over the warm-up's decisions and the run's ``n_levels``."""
@@ -289,10 +345,15 @@ class QPruningPlugin(IMPPlugin):
             warm_up(self.agent, self.ctx, self.p, self.densities)
         # the weights last trained on megabatch t - 1 (offline levels: on megabatch 1)
         val = _eval_set(self.ctx, max(self.t - 1, 0))
-        self.decisions.append(prune_level(
-            self.agent, self.maskset, level, self.densities,
-            lambda: evaluate(self.ctx, model, *val), self.p.buckets, learn=self.p.learn,
-            optimizer=optimizer, reward=self.p.reward))
+        scored = (lambda: evaluate(self.ctx, model, *val))
+        if self.p.learn and self.p.backup == "full":
+            decision = prune_level_full(self.agent, self.maskset, level, self.densities, scored,
+                                        self.p.buckets, optimizer=optimizer, reward=self.p.reward)
+        else:
+            decision = prune_level(self.agent, self.maskset, level, self.densities, scored,
+                                   self.p.buckets, learn=self.p.learn, optimizer=optimizer,
+                                   reward=self.p.reward)
+        self.decisions.append(decision)
         if self.ctx.run_dir is not None:
             path = self.ctx.run_dir / "artifacts" / Q_TABLE
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +396,11 @@ class IMPQ(Lottery):
     epsilon_start: float = 0.5  # exploration costs the run's own accuracy: moderate
     epsilon_end: float = 0.0
     epsilon_decay: Literal["exponential", "linear"] = "linear"
+    # sample: one Q-update per level, of the action taken (epsilon-greedy, as the MDP seed);
+    # full: every feasible action's reward is measured on the same weights and backed up,
+    # then the greedy action is taken (prune_level_full; epsilon unused)
+    backup: Literal["sample", "full"] = "sample"
+    later_params: ClassVar[dict] = {"backup": "sample"}  # added after runs were published
 
     def __post_init__(self):
         super().__post_init__()
@@ -347,6 +413,8 @@ class IMPQ(Lottery):
         if not 0 < self.alpha <= 1 or not 0 <= self.gamma <= 1:
             raise ValueError(f"need 0 < alpha <= 1 and 0 <= gamma <= 1, got alpha={self.alpha}, "
                              f"gamma={self.gamma}")
+        if self.backup not in ("sample", "full"):
+            raise ValueError(f"backup must be sample or full, got {self.backup!r}")
         if self.reward not in ("loss", "accuracy"):
             raise ValueError(f"reward must be loss or accuracy, got {self.reward!r}")
         EpsilonSchedule(self.epsilon_start, self.epsilon_end, 1, self.epsilon_decay)

@@ -11,7 +11,13 @@ import torch
 from test_lottery import _execute, _rows, _spec, _tiny_masks
 
 from alma_bench.rl.qlearn import EpsilonSchedule, QAgent, QTable
-from alma_bench.strategies.imp_q import IMPQ, magnitude_level, new_agent, prune_level
+from alma_bench.strategies.imp_q import (
+    IMPQ,
+    magnitude_level,
+    new_agent,
+    prune_level,
+    prune_level_full,
+)
 
 # A chain 0..N-1, the goal at N or beyond (terminal). STEP: +1 for -1; JUMP: +2, cheap from
 # even states, dear from odd ones; BACK: -1 for -1, infeasible in state 0. The optimal
@@ -264,3 +270,45 @@ def test_offline_levels_are_the_agents_decisions_too(tmp_path):
     assert [r["density"] for r in rows] == pytest.approx([0.64, 0.512], abs=1e-3)
     saved = json.loads((run / "artifacts" / "q_table.json").read_text())
     assert saved["decisions"] == 3 and saved["episode"] == 1
+
+
+def test_a_full_backup_rewards_every_action_and_takes_the_best():
+    """backup: full. Every feasible action is tried on the same trained weights and rewarded
+    against magnitude's masks; Q(s, a) is updated for each with its own reward; the greedy
+    action, taken, has the highest Q; the level lands on its exact, nested count."""
+    _, ms = _tiny_masks()
+    densities = IMPQ().level_densities(3)
+    agent = new_agent(IMPQ(backup="full", gamma=0.0), ms, 3, seed=0)
+
+    def evaluate():  # a loss that rewards keeping the first layer: cutting it costs
+        return 0.5, 1.0 - float(ms.masks[ms.names[0]].float().mean())
+
+    prev = {n: m.clone() for n, m in ms.masks.items()}
+    s = (1, tuple(10 for _ in ms.names))
+    d = prune_level_full(agent, ms, 1, densities, evaluate, buckets=10)
+    assert ms.kept() == round(densities[1] * ms.numel())
+    assert all(not (ms.masks[n] & ~prev[n]).any() for n in ms.names)
+    n = len(agent.table.actions)
+    assert agent.table.tried(s) == [True] * n and len(d["rewards"]) == n
+    q = agent.table.q(s)
+    assert d["action"] == max(range(n), key=lambda a: (q[a], a == 0))  # ties to magnitude
+    assert q == pytest.approx([d["rewards"][str(a)] * 0.9 for a in range(n)])  # alpha 0.9
+    first = [a for a, (i, _) in enumerate(agent.table.actions) if i == 0]
+    assert all(d["rewards"][str(a)] <= 0 for a in first)  # cutting the first layer hurts
+    assert any(d["rewards"][str(a)] < 0 for a in first)
+    # gamma 0: the taken action is the best one-shot reward, never worse than magnitude's 0
+    assert d["reward"] == d["rewards"][str(d["action"])] == max(d["rewards"].values()) >= 0
+    assert agent.returns == [] and agent.state_dict()["running_return"] == d["reward"]
+
+
+def test_a_full_backup_run_resumes_and_leaves_sampled_run_ids_alone(tmp_path):
+    spec = _spec("imp-q", {"backup": "full"}, megabatches=3)
+    assert spec.run_id != _spec("imp-q", {}, megabatches=3).run_id
+    assert "backup" not in json.dumps(_spec("imp-q", {}, megabatches=3).strategy)
+    ref = _execute(spec, tmp_path / "ref")
+    killed = _execute(spec, tmp_path / "killed", kill_after=2)
+    _execute(spec, tmp_path / "killed")
+    assert _rows(ref) == _rows(killed)
+    decisions = [d for r in _rows(ref) for d in r["q_decisions"]]
+    assert [d["choice"] for d in decisions] == ["greedy", "greedy"]
+    assert all(len(d["rewards"]) > 1 for d in decisions)

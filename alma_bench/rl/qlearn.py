@@ -201,8 +201,20 @@ class QAgent:
 
     def learn(self, state, action: int, reward: float, next_state,
               next_feasible: Sequence[bool] | None = None) -> float:
-        """One Q-update (``next_state=None``: terminal)."""
+        """One Q-update (``next_state=None``: terminal) of the action taken: its reward counts
+        towards the episode's return."""
         self._return += reward
+        return self.backup(state, action, reward, next_state, next_feasible)
+
+    def took(self, reward: float) -> None:
+        """Count the reward of the action taken towards the episode's return (after
+        :meth:`backup` updates, which do not)."""
+        self._return += reward
+
+    def backup(self, state, action: int, reward: float, next_state,
+               next_feasible: Sequence[bool] | None = None) -> float:
+        """One Q-update of any action whose reward and next state are known (a full backup
+        evaluates actions not taken); the return is left alone."""
         return self.table.update(state, action, reward, next_state, next_feasible, self.alpha,
                                  self.gamma)
 
