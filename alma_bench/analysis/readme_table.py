@@ -40,7 +40,14 @@ def markdown_table(rows: pd.DataFrame) -> list[str]:
             header.append(f"paper {name.split(' (')[0]}")  # "paper final test acc", beside ours
             for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
                 cell.append(_fmt(r[f"ref_{metric}"], math.nan, scale, fmt))
-    for ref in (r for r in refs if r[4:] not in {t[0] for t in _TABLE}):
+    # a strategy's own row metrics (results.Results.row_metrics), after the harness's
+    known = {t[0] for t in _TABLE}
+    for metric in [c[:-5] for c in rows.columns if str(c).endswith("_mean")
+                   and c[:-5] not in known]:
+        header.append(md_cell(metric))
+        for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
+            cell.append(_fmt(r[f"{metric}_mean"], r[f"{metric}_std"], 1, "{:.4g}"))
+    for ref in (r for r in refs if r[4:] not in known):
         header.append(f"paper {ref[4:]}")
         for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
             cell.append(_fmt(r[ref], math.nan, 1, "{:.4g}"))

@@ -365,13 +365,6 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"duplicate strategy label(s) {', '.join(dup)}: give each a 'label'")
-    same = {}
-    for label, _, sname, sparams, _, n in resolved:
-        key = json.dumps([n, sname, sparams], sort_keys=True, default=str)
-        if key in same:  # one run id for two labels: they would share a result directory
-            raise UserError(f"strategies '{same[key]}' and '{label}' are the same run "
-                            f"({sname} with the same params); keep one")
-        same[key] = label
     if strategies:
         # an entry's label selects all its grid expansions; one expansion selects itself
         wanted = grid.rejoin(list(strategies))
@@ -380,6 +373,14 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
             if want not in labels and want not in bases:
                 raise unknown("strategy in this suite", want, list(dict.fromkeys(bases + labels)))
         resolved = [r for r in resolved if r[0] in wanted or r[1] in wanted]
+    # only the selected entries: a deselected one that would be the same run blocks nothing
+    same = {}
+    for label, _, sname, sparams, _, n in resolved:
+        key = json.dumps([n, sname, sparams], sort_keys=True, default=str)
+        if key in same:  # one run id for two labels: they would share a result directory
+            raise UserError(f"strategies '{same[key]}' and '{label}' are the same run "
+                            f"({sname} with the same params); keep one")
+        same[key] = label
     refs = raw.get("references") or {}
     runs = [
         RunSpec(suite=name, label=label, strategy={"name": sname, "params": sparams}, seed=seed,
