@@ -175,7 +175,8 @@ def _once(configs: dict[Path, dict]) -> dict[Path, dict]:
     is one run, read from its most complete copy (done, then the most megabatches)."""
     best: dict[tuple, Path] = {}
     for d, c in configs.items():
-        key = (str(c.get("suite") or d.parent.name), str(c.get("run_id") or d.name))
+        key = (str(c.get("suite") or d.parent.name), str(c.get("scale")),
+               str(c.get("run_id") or d.name))
         if key not in best or _completeness(d) > _completeness(best[key]):
             best[key] = d
     keep = set(best.values())

@@ -140,8 +140,10 @@ class RunSpec:
     def identity(self) -> dict:
         """The fields that determine the run's numbers: hashed into its id.
 
-        The core revision, the thread count, the run ids of the runs it depends on, and the
-        strategy class's ``revision`` are part of it (revision 1 is left out)."""
+        The core revision, the thread count, the run ids of the runs it depends on, the
+        strategy class's ``revision`` (revision 1 is left out) and, for a strategy that is not
+        alma-bench's own, its code (``strategy_code``: the sha256 of its file and its package's
+        version) are part of it."""
         protocol = compose.omit_later(self.protocol, LATER_PROTOCOL_FIELDS)
         ident = {"stream": self.stream, "model": self.model, "protocol": protocol,
                  "strategy": self.strategy, "seed": self.seed, "threads": self.threads,
@@ -151,6 +153,9 @@ class RunSpec:
         revision = compose.revision(self.strategy["name"])  # per part for a composition
         if revision is not None:
             ident["strategy_revision"] = revision
+        code = compose.code(self.strategy["name"])  # a plugin's file hash / package version
+        if code is not None:
+            ident["strategy_code"] = code
         return ident
 
     @property
