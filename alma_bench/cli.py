@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
     r.add_argument("--ray-gpus", type=float, default=None, metavar="N",
                    help="GPUs per run as a Ray task (default: 1 when the device is CUDA, else 0)")
+    r.add_argument("--rerun", default=None, metavar="LABEL[,LABEL]|all",
+                   help="train these runs again from scratch even when done (an entry's "
+                        "label covers its grid expansions)")
     r.add_argument("--retry-failed", action="store_true",
                    help="rerun runs that failed before (without it they are skipped and listed)")
     r.add_argument("--no-wait", dest="wait", action="store_false",

@@ -29,7 +29,7 @@ LAYERS = [
 
 #: The package's lazy re-export (``alma_bench.make_benchmark``, imported on first use): the
 #: one import that goes up, from the package itself, at the caller's request.
-FACADE = {("alma_bench", "alma_bench.run.benchmark")}
+FACADE = {("alma_bench", "alma_bench.run.benchmark"), ("alma_bench", "alma_bench.execute.api")}
 
 #: The run path: no function there longer than this many lines.
 RUN_PATH, MAX_LINES = "alma_bench/run", 60

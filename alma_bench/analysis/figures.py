@@ -522,7 +522,8 @@ def by_group(res: Results) -> Results:
         df.assign(entry=df["entry"] if "entry" in df.columns else df["label"],
                   label=df["group_label"])
         for df in (res.runs, res.metrics, res.layer_density, res.schedule))
-    return Results(runs, metrics, layers, configs=res.configs, schedule=schedule)
+    return Results(runs, metrics, layers, configs=res.configs, schedule=schedule,
+                   row_metrics=res.row_metrics)
 
 
 def slug(text: str) -> str:

@@ -32,7 +32,7 @@ from alma_bench.analysis.groups import (
     shared_and_own,
     show,
 )
-from alma_bench.analysis.readme_table import markdown_table, md_cell
+from alma_bench.analysis.readme_table import markdown_table, md_cell, metrics_table
 from alma_bench.analysis.results import TABLE_METRICS, Results, load, summary_table
 from alma_bench.errors import UserError, unknown
 from alma_bench.spec.grid import unflatten
@@ -118,6 +118,10 @@ def _section(res: Results, table: pd.DataFrame, suite: str, figures: list[tuple]
             lines.append(f"| {md_cell(g)} | {md_cell(text)} |")
         lines.append("")
     lines += markdown_table(table[table["suite"] == suite]) + [""]
+    own = metrics_table(table[table["suite"] == suite], res.row_metrics)
+    if own:
+        lines += ["The strategies' own metrics (their rows' values at the last megabatch, "
+                  "mean ± std over seeds; also in `summary.csv`):", "", *own, ""]
     unfinished = res.runs[(res.runs["suite"] == suite) & (res.runs["state"] != "done")]
     if len(unfinished):
         note = f"{len(unfinished)} run(s) unfinished: their megabatches so far are in the curves"
