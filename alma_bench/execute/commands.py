@@ -58,6 +58,8 @@ def cmd_run(args) -> int:
                  if workers == 1 else f"{workers} workers")
         print(f"{threads} torch thread{'s' if threads != 1 else ''} per run ({why}); "
               f"{where}")
+        for line in _data_checks(suite.runs):
+            print(line)
         if suite.runs:
             r = suite.runs[0]
             print("resolved: " + json.dumps({"stream": r.stream, "model": r.model,
@@ -90,6 +92,29 @@ def cmd_run(args) -> int:
         cmd_show(argparse.Namespace(results=str(out / suite.results_name),
                                     labels=suite.labels, run_ids=finished))
     return _report_failures(bad, len(suite.runs))
+
+
+def _data_checks(runs) -> list[str]:
+    """``data: <stream>: <where it comes from>`` per distinct data source of the runs, from
+    the source's ``check()`` (CIFAR: its files, else the download host; image folders: the
+    folders); a source without one says so."""
+    from alma_bench.registry import STREAMS
+    from alma_bench.spec.config import split_and_source
+
+    out, seen = [], set()
+    for spec in runs:
+        _, name, params = split_and_source(spec.stream)
+        key = json.dumps([name, params], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        source = STREAMS.create(name, **params)
+        check = getattr(source, "check", None)
+        text = check() if callable(check) else (
+            "generated or bundled, nothing to fetch" if name in ("synthetic", "digits")
+            else "not checked (the source has no check())")
+        out.append(f"data: {name}: {text}")
+    return out
 
 
 def _rerun(text: str | None, runs) -> set[str]:
