@@ -253,7 +253,9 @@ def code_identity(cls: type) -> dict | None:
         digest = _file_sha256(str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size)
     if digest:
         out["sha256"] = digest
-    dist = _distributions().get(name.split(".")[0])
+    # a --plugin file belongs to no distribution: the lookup (a scan of every installed one)
+    # is only for modules imported by name
+    dist = None if getattr(module, CODE_HASH, None) else _distributions().get(name.split(".")[0])
     if dist:
         try:
             out["version"] = f"{dist} {importlib.metadata.version(dist)}"
