@@ -21,7 +21,8 @@ register_stream = STREAMS.register
 register_model = MODELS.register
 
 __all__ = ["MODELS", "PRUNERS", "SCHEDULES", "STRATEGIES", "STREAMS", "__version__",
-           "make_benchmark", "register_model", "register_stream", "register_strategy"]
+           "make_benchmark", "register_model", "register_stream", "register_strategy",
+           "run_suite", "trained_weights"]
 
 #: Modules that moved when the package was organised by stage (issue 25): old path -> new.
 #: A plugin or notebook written against an old path (``from alma_bench.models import
@@ -68,4 +69,8 @@ def __getattr__(name: str):
         from alma_bench.run.benchmark import make_benchmark
 
         return make_benchmark
+    if name in ("run_suite", "trained_weights"):  # the Python API (docs/python-api.md)
+        from alma_bench.execute import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'alma_bench' has no attribute {name!r}")

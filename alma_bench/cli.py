@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
     r.add_argument("--ray-gpus", type=float, default=None, metavar="N",
                    help="GPUs per run as a Ray task (default: 1 when the device is CUDA, else 0)")
+    r.add_argument("--rerun", default=None, metavar="LABEL[,LABEL]|all",
+                   help="train these runs again from scratch even when done (an entry's "
+                        "label covers its grid expansions)")
     r.add_argument("--retry-failed", action="store_true",
                    help="rerun runs that failed before (without it they are skipped and listed)")
     r.add_argument("--no-wait", dest="wait", action="store_false",
@@ -163,16 +166,18 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="table of a results directory (mean and std over seeds "
                                     "per config)")
-    s.add_argument("results")
+    s.add_argument("results", nargs="+", help="results folders (a run found twice counts once)")
     s.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex"))
     s.add_argument("--metrics", nargs="+", action="extend", metavar="M",
-                   help="summary metrics to show (default: final_test_acc cer cer_count "
-                        "final_gen_gap final_density wall_time)")
+                   help="summary metrics to show, or a numeric field a strategy adds to its "
+                        "rows (default: final_test_acc cer cer_count final_gen_gap "
+                        "final_density wall_time)")
     s.set_defaults(func=cmd_show)
 
     c = sub.add_parser("compare", help="paired differences against a baseline, with 95%% "
                                        "t-intervals over shared seeds")
-    c.add_argument("results")
+    c.add_argument("results", nargs="+", help="results folders (a run found twice counts once)")
+    c.add_argument("--format", default="text", choices=("text", "csv", "markdown", "latex"))
     c.add_argument("--baseline", default=None, metavar="LABEL",
                    help="group or strategy label to compare against (default: dense if "
                         "present, else the first group)")
@@ -181,8 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="figures and tables of a results directory")
-    rep.add_argument("results")
-    rep.add_argument("--out", default=None, help="output directory (default RESULTS/report)")
+    rep.add_argument("results", nargs="+", help="results folders (a run found twice counts once)")
+    rep.add_argument("--out", default=None,
+                     help="output directory (default RESULTS/report, of the first folder)")
     rep.add_argument("--command", default=None,
                      help="the command to record as having made the results (default: this one)")
     rep.add_argument("--format", default="png", metavar="FMT[,FMT]",

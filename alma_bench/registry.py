@@ -16,6 +16,8 @@ the entry-point group of the registry; built-in components use exactly that path
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -79,6 +81,10 @@ class Registry:
             return cls
 
         return deco
+
+    def forget_module(self, module: str) -> None:
+        """Drop the components registered by ``module`` (before it is imported again)."""
+        self._entries = {n: e for n, e in self._entries.items() if e.cls.__module__ != module}
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -200,18 +206,74 @@ def _tname(tp: Any) -> str:
 
 
 def load_plugin_file(path: str | Path) -> types.ModuleType:
-    """Import a single Python file (``--plugin``); its decorators register its components."""
+    """Import a single Python file (``--plugin``); its decorators register its components.
+
+    The file's sha256 is kept on the module (``CODE_HASH``): it is what the run ids of its
+    strategies record (:func:`code_identity`). A file already imported is imported again when
+    its contents changed since (a notebook or test that edits it between runs)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"plugin file not found: {path}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     name = f"alma_bench_plugin_{path.stem}"
-    if name in sys.modules:
-        return sys.modules[name]
+    old = sys.modules.get(name)
+    if old is not None and getattr(old, CODE_HASH, None) == digest:
+        return old
+    if old is not None:  # edited since: its new contents register again
+        for registry in (STRATEGIES, STREAMS, MODELS, PRUNERS, SCHEDULES):
+            registry.forget_module(name)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    setattr(module, CODE_HASH, digest)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+#: Attribute of a module imported by :func:`load_plugin_file`: the sha256 of its file then.
+CODE_HASH = "__alma_bench_sha256__"
+
+
+def code_identity(cls: type) -> dict | None:
+    """What identifies the code of a component that is not alma-bench's own (None for
+    alma-bench's): the sha256 of the file its class was loaded from (for a ``--plugin`` file,
+    the contents it was imported with) and, for a module of an installed distribution (an
+    entry-point package), ``"<distribution> <version>"``. A strategy's run id covers it
+    (docs/strategies.md, "Edited code"): an edited plugin is a new run, never a reused one."""
+    name = getattr(cls, "__module__", "") or ""
+    if name == "alma_bench" or name.startswith("alma_bench."):
+        return None
+    module = sys.modules.get(name)
+    out: dict[str, str] = {}
+    digest = getattr(module, CODE_HASH, None)
+    file = getattr(module, "__file__", None)
+    if digest is None and file and Path(file).is_file():
+        stat = Path(file).stat()
+        digest = _file_sha256(str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size)
+    if digest:
+        out["sha256"] = digest
+    # a --plugin file belongs to no distribution: the lookup (a scan of every installed one)
+    # is only for modules imported by name
+    dist = None if getattr(module, CODE_HASH, None) else _distributions().get(name.split(".")[0])
+    if dist:
+        try:
+            out["version"] = f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out or None
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, str]:
+    """Top-level module -> the installed distribution that ships it (its first)."""
+    return {top: dists[0] for top, dists in importlib.metadata.packages_distributions().items()
+            if dists}
 
 
 def load_modules(names: list[str]) -> None:

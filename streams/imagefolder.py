@@ -65,6 +65,14 @@ class ImageFolder:
     data_root: str = ""
     threads: int = 4
 
+    def check(self) -> str:
+        """Whether the folders are there (``run --dry-run``), without decoding an image."""
+        root = Path(self.data_root).expanduser()
+        missing = [d for d in ("train", "test") if not (root / d).is_dir()]
+        if not self.data_root or missing:
+            return f"NOT reachable: {root} lacks {' and '.join(missing) or 'a data_root'}/"
+        return f"found in {root}"
+
     def load(self) -> ImageData:
         if not self.data_root:
             raise UserError("stream 'imagefolder' needs stream.data_root=<dir with train/ test/>")

@@ -12,6 +12,29 @@ from alma_bench.registry import STREAMS
 from alma_bench.run.data import ImageData
 from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 
+#: torchvision's folder of each set under its root, and where it downloads from
+_FILES = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
+_HOST = ("www.cs.toronto.edu", 443)
+
+
+def _check(cls_name: str, data_root: str | None, download: bool) -> str:
+    """Where the set would come from, checked without loading it (``run --dry-run``): its
+    files under the root, else whether the download host answers (3 s)."""
+    import socket
+
+    root = Path(data_root).expanduser() if data_root else cache_dir() / "data"
+    if (root / _FILES[cls_name]).is_dir():
+        return f"found in {root}"
+    if not download:
+        return f"NOT reachable: {root / _FILES[cls_name]} is missing and download is off"
+    try:
+        socket.create_connection(_HOST, timeout=3).close()
+    except OSError as e:
+        return (f"NOT reachable: not in {root}, and the download host {_HOST[0]} does not "
+                f"answer ({type(e).__name__}); pass stream.data_root=<dir with the torchvision "
+                "files> or use stream.name=imagefolder")
+    return f"not in {root}; the run downloads it from {_HOST[0]} (reachable)"
+
 
 def _load(cls_name: str, data_root: str | None, download: bool) -> ImageData:
     import torchvision
@@ -51,6 +74,9 @@ class Cifar10:
     def load(self) -> ImageData:
         return _load("CIFAR10", self.data_root, self.download)
 
+    def check(self) -> str:
+        return _check("CIFAR10", self.data_root, self.download)
+
 
 @STREAMS.register("cifar100")
 @dataclass(frozen=True)
@@ -62,3 +88,6 @@ class Cifar100:
 
     def load(self) -> ImageData:
         return _load("CIFAR100", self.data_root, self.download)
+
+    def check(self) -> str:
+        return _check("CIFAR100", self.data_root, self.download)

@@ -27,9 +27,10 @@ LAYERS = [
     ["alma_bench", "alma_bench.registry", "alma_bench.errors", "alma_bench.suites"],
 ]
 
-#: The package's lazy re-export (``alma_bench.make_benchmark``, imported on first use): the
-#: one import that goes up, from the package itself, at the caller's request.
-FACADE = {("alma_bench", "alma_bench.run.benchmark")}
+#: The package's lazy re-exports (``alma_bench.make_benchmark``; the Python API
+#: ``run_suite``/``trained_weights``), imported on first use: the imports that go up, from
+#: the package itself, at the caller's request.
+FACADE = {("alma_bench", "alma_bench.run.benchmark"), ("alma_bench", "alma_bench.execute.api")}
 
 #: The run path: no function there longer than this many lines.
 RUN_PATH, MAX_LINES = "alma_bench/run", 60

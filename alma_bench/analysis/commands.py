@@ -30,16 +30,20 @@ def cmd_compare(args) -> int:
 
     runs = load(args.results).runs
     metrics = tables.check_metrics(runs, args.metrics, compare.DEFAULT_METRICS)
-    print(compare.format_text(compare.paired(runs, args.baseline, metrics)))
+    text = compare.render(compare.paired(runs, args.baseline, metrics),
+                          getattr(args, "format", "text"))
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
 def cmd_report(args) -> int:
     from alma_bench.analysis.report import make_report
 
-    cmd = args.command or ("alma-bench report " + args.results
+    folders = [args.results] if isinstance(args.results, str) else list(args.results)
+    cmd = args.command or ("alma-bench report " + " ".join(folders)
                            + (f" --out {args.out}" if args.out else "")
                            + (f" --format {args.format}" if args.format != "png" else ""))
-    path = make_report(args.results, args.out, command=cmd, formats=args.format)
+    path = make_report(folders if len(folders) > 1 else folders[0], args.out, command=cmd,
+                       formats=args.format)
     print(f"report written to {path}")
     return 0

@@ -15,6 +15,7 @@ import pandas as pd
 
 from alma_bench.analysis.groups import base_label
 from alma_bench.analysis.results import grouped
+from alma_bench.analysis.tables import latex_cell
 from alma_bench.errors import UserError
 
 DEFAULT_METRICS = ("final_test_acc", "cer")
@@ -159,6 +160,37 @@ def format_text(table: pd.DataFrame, level: float = LEVEL) -> str:
             blocks.append(f"\n{metric}\n" + _aligned(header, cells))
         blocks.append("")
     return "\n".join(blocks + sentences)
+
+
+FORMATS = ("text", "csv", "markdown", "latex")
+
+
+def render(table: pd.DataFrame, fmt: str = "text", level: float = LEVEL) -> str:
+    """``paired`` as ``text`` (:func:`format_text`), ``csv`` (every column, numbers as they
+    are), or one table with a row per (group, metric) in ``markdown`` or ``latex``."""
+    if fmt == "text":
+        return format_text(table, level)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}'. Valid: {', '.join(FORMATS)}")
+    several = table["suite"].nunique() > 1
+    header = (["suite"] if several else []) + [
+        "group", "metric", "seeds", "mean ± std", "diff vs baseline",
+        f"{level * 100:g}% t-interval", "n pairs", "baseline"]
+    rows = []
+    for r in table.itertuples():
+        unit = UNITS.get(r.metric, (1, "", "", 2))
+        cells = _cells(r, unit)
+        rows.append(([str(r.suite)] if several else []) + [cells[0], str(r.metric), *cells[1:]])
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                 for row in [header, *rows]]
+        return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+    body = [" & ".join(latex_cell(c) for c in row) + r" \\" for row in rows]
+    return "\n".join([r"\begin{tabular}{" + "l" * (2 + several) + "r" * 5 + "l}", r"\toprule",
+                      " & ".join(map(latex_cell, header)) + r" \\", r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}"])
 
 
 def _cells(r, unit: tuple) -> list[str]:

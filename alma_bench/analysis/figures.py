@@ -62,7 +62,7 @@ def figures(results: Results, suite: str, look: dict | None = None) -> list[tupl
              _curve(metrics, "gen_gap", "train − test accuracy (pp)", 100,
                     "Generalisation gap" + tag, look, zero_line=True)),
             ("density", "Density",
-             _curve(metrics, "density", "global density (% of prunable weights)", 100,
+             _curve(metrics, "density", f"global density ({density_unit(runs)})", 100,
                     "Density of the prunable weights" + tag, look)),
             ("accuracy_vs_density", "Accuracy vs density and FLOPs",
              _tradeoff(runs, "Final accuracy vs cost" + tag, look)),
@@ -349,6 +349,22 @@ def _baseline(labels: list[str]) -> str | None:
     return next((lb for lb in labels if lb == "dense"), None)
 
 
+def density_unit(runs: pd.DataFrame) -> str:
+    """What a density axis is a percentage of: the prunable layers the runs were measured
+    over (``density_over``, one definition for every strategy, docs/algorithms.md), e.g.
+    ``% of the weights of every Conv2d``. Runs still at density 1 (dense) fit any set and are
+    not asked; runs with different sets say so."""
+    if "density_over" not in runs.columns:
+        return "% of prunable weights"
+    sparse = runs[pd.to_numeric(runs["final_density"], errors="coerce") < 1]
+    sets = (sparse if len(sparse) else runs)["density_over"].dropna().astype(str).unique()
+    if len(sets) == 1:
+        return f"% of the weights of {sets[0]}"
+    if len(sets) > 1:
+        return "% of each run's prunable layers; the sets differ: " + "; ".join(sorted(sets))
+    return "% of prunable weights"
+
+
 def _tradeoff(runs: pd.DataFrame, title: str, look: dict) -> Figure:
     """Final accuracy against final density and against forward FLOPs per sample: one curve
     per strategy over its swept densities (mean ± 1 SD over seeds per point), and the
@@ -370,7 +386,7 @@ def _tradeoff(runs: pd.DataFrame, title: str, look: dict) -> Figure:
         dens=("dens", "mean"), flops=("flops_effective", "mean"),
         flops_sd=("flops_effective", "std")).reset_index()
     curves = list(dict.fromkeys(points["curve"]))
-    panels = ((axes[0], "dens", None, "final density (% of prunable weights)"),
+    panels = ((axes[0], "dens", None, f"final density ({density_unit(runs)})"),
               (axes[1], "flops", "flops_sd", "forward FLOPs per sample (effective, final masks)"))
     for ax, x, x_sd, xlabel in panels:
         pts = points.dropna(subset=[x])
@@ -506,7 +522,8 @@ def by_group(res: Results) -> Results:
         df.assign(entry=df["entry"] if "entry" in df.columns else df["label"],
                   label=df["group_label"])
         for df in (res.runs, res.metrics, res.layer_density, res.schedule))
-    return Results(runs, metrics, layers, configs=res.configs, schedule=schedule)
+    return Results(runs, metrics, layers, configs=res.configs, schedule=schedule,
+                   row_metrics=res.row_metrics)
 
 
 def slug(text: str) -> str:

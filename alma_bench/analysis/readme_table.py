@@ -40,7 +40,8 @@ def markdown_table(rows: pd.DataFrame) -> list[str]:
             header.append(f"paper {name.split(' (')[0]}")  # "paper final test acc", beside ours
             for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
                 cell.append(_fmt(r[f"ref_{metric}"], math.nan, scale, fmt))
-    for ref in (r for r in refs if r[4:] not in {t[0] for t in _TABLE}):
+    known = {t[0] for t in _TABLE}
+    for ref in (r for r in refs if r[4:] not in known):
         header.append(f"paper {ref[4:]}")
         for cell, (_, r) in zip(cells, rows.iterrows(), strict=True):
             cell.append(_fmt(r[ref], math.nan, 1, "{:.4g}"))
@@ -61,6 +62,23 @@ def markdown_table(rows: pd.DataFrame) -> list[str]:
                      "" if pd.isna(r["baseline"]) else md_cell(r["baseline"])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(c) + " |" for c in cells]
+
+
+def metrics_table(rows: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The strategies' own row metrics (``Results.row_metrics``: a plugin's ``metrics()``),
+    their value at the last megabatch, mean ± std per group; only groups that have one."""
+    metrics = [m for m in metrics if f"{m}_mean" in rows.columns]
+    if not metrics:
+        return []
+    have = rows[rows[[f"{m}_mean" for m in metrics]].notna().any(axis=1)]
+    if have.empty:
+        return []
+    lines = ["| strategy | " + " | ".join(md_cell(m) for m in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 1)]
+    for _, r in have.iterrows():
+        cells = [_fmt(r[f"{m}_mean"], r[f"{m}_std"], 1, "{:.4g}") for m in metrics]
+        lines.append("| " + " | ".join([md_cell(r["group_label"]), *cells]) + " |")
+    return lines
 
 
 def _diff(r: pd.Series, metric: str, scale: float, fmt: str) -> str:

@@ -32,8 +32,8 @@ from alma_bench.analysis.groups import (
     shared_and_own,
     show,
 )
-from alma_bench.analysis.readme_table import markdown_table, md_cell
-from alma_bench.analysis.results import Results, load, summary_table
+from alma_bench.analysis.readme_table import markdown_table, md_cell, metrics_table
+from alma_bench.analysis.results import TABLE_METRICS, Results, load, summary_table
 from alma_bench.errors import UserError, unknown
 from alma_bench.spec.grid import unflatten
 
@@ -43,12 +43,14 @@ FORMATS = ("png", "pdf", "svg")
 FINDINGS = "FINDINGS.md"
 
 
-def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
+def make_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
                 command: str | None = None, formats: str | Sequence[str] = "png",
                 on_figure: Callable[[str, Figure], None] | None = None) -> Path:
     """Write figures, ``summary.csv`` and ``README.md`` for ``results_dir``; return the out dir.
 
-    ``out_dir`` defaults to ``<results_dir>/report``; ``command`` is recorded in the README as
+    ``results_dir`` may be a list of folders (a run found in several counts once, as in
+    :func:`~alma_bench.analysis.results.load`). ``out_dir`` defaults to ``<results_dir>/report``
+    (of the first folder); ``command`` is recorded in the README as
     the command that made the report. ``formats``: the figures' file formats, ``"png,pdf"``
     or a list, from FORMATS; the README embeds the PNG when there is one, else the first.
     ``on_figure(file stem, Figure)`` sees each figure as it is written (tests, notebooks).
@@ -57,9 +59,11 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
     """
     formats = parse_formats(formats)  # before any work: a bad format is a one-line error
     results = load(results_dir)
-    out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
+    folders = [results_dir] if isinstance(results_dir, (str, Path)) else list(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path(folders[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(results.runs)
+    # a strategy's own row metrics (plugin metrics()) join the table's columns
+    table = summary_table(results.runs, TABLE_METRICS + tuple(results.row_metrics))
     table = table.merge(compare.wide(compare.paired(results.runs)), on=["suite", "group"],
                         how="left")
     table.to_csv(out / "summary.csv", index=False)
@@ -72,8 +76,9 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None,
             prefix = f"{slug(suite)}_" if len(suites) > 1 else ""
             figures = write_figures(results, suite, out, prefix, look, formats, on_figure)
             sections.append(_section(results, table, suite, figures))
-        learned = learning.section(results_dir,
-                                   lambda fig, stem: _save(fig, out / stem, formats))
+        learned = "\n".join(filter(None, (
+            learning.section(folder, lambda fig, stem: _save(fig, out / stem, formats))
+            for folder in folders)))
         if learned:
             sections.append("## Learning curves\n\n" + learned)
     findings = out / FINDINGS
@@ -113,6 +118,10 @@ def _section(res: Results, table: pd.DataFrame, suite: str, figures: list[tuple]
             lines.append(f"| {md_cell(g)} | {md_cell(text)} |")
         lines.append("")
     lines += markdown_table(table[table["suite"] == suite]) + [""]
+    own = metrics_table(table[table["suite"] == suite], res.row_metrics)
+    if own:
+        lines += ["The strategies' own metrics (their rows' values at the last megabatch, "
+                  "mean ± std over seeds; also in `summary.csv`):", "", *own, ""]
     unfinished = res.runs[(res.runs["suite"] == suite) & (res.runs["state"] != "done")]
     if len(unfinished):
         note = f"{len(unfinished)} run(s) unfinished: their megabatches so far are in the curves"

@@ -5,6 +5,7 @@ The runner writes one directory per run (``config.json``, ``metrics.jsonl``, ``s
 
     from alma_bench.analysis.results import load, summary_table
     res = load("results/")            # a parent of suites, one suite, or one run directory
+    res = load(["a/", "b/"])          # several folders: a run found twice counts once
     res.runs                          # one row per run
     res.metrics                       # one row per (run, megabatch)
     res.layer_density                 # long form: one row per (run, megabatch, layer)
@@ -17,6 +18,15 @@ seed (alma_bench/analysis/groups.py): only those are averaged. Every frame carri
 configs, e.g. ``dense [protocol.lr=0.001]``); ``runs`` also has one column per config key that
 varies (``protocol.lr``, ``strategy.params.density``, ``config.threads``).
 
+A run is found by its ``config.json`` wherever it is under the folders given, through
+symbolic links too; the same run (one suite and run id) found in several places, a copy or a
+link, is loaded once: its most complete copy (done, then the most megabatches).
+
+A numeric value a strategy adds to its metrics rows (a plugin's ``metrics()``, e.g.
+``conv_density``) is also a column of ``runs``: its value in the run's last row, so ``show
+--metrics``, ``compare --metric`` and the report take it like any summary field
+(``Results.row_metrics`` lists them).
+
 Anything a run did not record (an unfinished run, a strategy without layer densities) is NaN,
 never an error.
 """
@@ -26,8 +36,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -60,6 +72,11 @@ RUN_COLUMNS = (
     "megabatches_done", "n_megabatches", "path", "config",
 )
 JOIN_COLUMNS = ("suite", "run_id", "label", "group", "group_label", "seed")
+#: Row fields the harness writes itself; any other numeric row field is a strategy's metric.
+HARNESS_ROW_FIELDS = METRIC_FIELDS + (
+    "train_size", "epoch_gap", "epochs_trained", "best_epoch", "epoch_train_acc",
+    "epoch_val_acc", "layer_density", "density_over", "dense_layers",
+)
 LAYER_COLUMNS = JOIN_COLUMNS + ("megabatch", "layer", "density")
 SCHEDULE_COLUMNS = JOIN_COLUMNS + ("megabatch", "decision", "step", "layer", "density")
 
@@ -84,24 +101,42 @@ class Results:
     configs: dict[str, dict] = field(default_factory=dict)
     schedule: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=list(SCHEDULE_COLUMNS)))
+    #: numeric fields strategies added to their rows, as columns of ``runs`` (last row's value)
+    row_metrics: list[str] = field(default_factory=list)
 
 
-def load(path: str | Path) -> Results:
-    """Load every run under ``path`` (a run directory is any directory holding config.json)."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise UserError(f"results path '{root}' does not exist")
-    run_dirs = _find_runs(root)
-    if not run_dirs:
-        raise UserError(f"no runs under '{root}' (no directory holds a config.json)")
+def load(path: str | Path | Sequence[str | Path]) -> Results:
+    """Load every run under ``path``, one folder or a list of folders (a run directory is any
+    directory holding config.json; symbolic links are followed). A run found more than once
+    (the same suite and run id) is loaded once, from its most complete copy."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise UserError("no results folder given")
+    run_dirs: list[Path] = []
+    for p in paths:
+        root = Path(p).expanduser()
+        if not root.exists():
+            raise UserError(f"results path '{root}' does not exist")
+        found = _find_runs(root)
+        if not found:
+            raise UserError(f"no runs under '{root}' (no directory holds a config.json)")
+        run_dirs += found
     configs = {d: c for d in run_dirs if (c := _read_json(d / "config.json")) is not None}
     if not configs:
-        raise UserError(f"no readable runs under '{root}'")
+        raise UserError(f"no readable runs under {', '.join(map(str, paths))}")
+    configs = _once(configs)
     # a dependency is identified by its own config key, not by its seed-specific run id
     dep_keys = {str(c.get("run_id") or d.name): dump(config_key(c)) for d, c in configs.items()}
     runs, metric_rows, layer_rows, decision_rows, by_id = [], [], [], [], {}
+    row_metrics: dict[str, None] = {}
     for run_dir, config in configs.items():
         run, rows = _load_run(run_dir, config)
+        for key, value in (rows[-1] if rows else {}).items():
+            if (key not in HARNESS_ROW_FIELDS and key not in run
+                    and isinstance(value, (int, float)) and not isinstance(value, bool)):
+                row_metrics[key] = None
+        if rows:
+            run.update({k: rows[-1].get(k, math.nan) for k in row_metrics if k not in run})
         run["config"] = dump(config_key(config, dep_keys))
         run["_started"] = _mtime(run_dir / "config.json")
         runs.append(run)
@@ -131,7 +166,28 @@ def load(path: str | Path) -> Results:
     schedule = schedule.drop_duplicates(["suite", "run_id", "megabatch", "decision", "layer"],
                                         keep="last")
     return Results(runs=runs_df.drop(columns="_started"), metrics=metrics,
-                   layer_density=layers, configs=by_id, schedule=schedule)
+                   layer_density=layers, configs=by_id, schedule=schedule,
+                   row_metrics=list(row_metrics))
+
+
+def _once(configs: dict[Path, dict]) -> dict[Path, dict]:
+    """One directory per run (suite and run id): a run copied or linked into several folders
+    is one run, read from its most complete copy (done, then the most megabatches)."""
+    best: dict[tuple, Path] = {}
+    for d, c in configs.items():
+        key = (str(c.get("suite") or d.parent.name), str(c.get("scale")),
+               str(c.get("run_id") or d.name))
+        if key not in best or _completeness(d) > _completeness(best[key]):
+            best[key] = d
+    keep = set(best.values())
+    return {d: c for d, c in configs.items() if d in keep}
+
+
+def _completeness(run_dir: Path) -> tuple[bool, int]:
+    status = _read_json(run_dir / "status.json") or {}
+    done = status.get("state") == "done" or (run_dir / "summary.json").is_file()
+    n = status.get("megabatches_done")
+    return done, n if isinstance(n, int) else 0
 
 
 def _joined(rows: list[dict], join: pd.DataFrame, position: dict[int, int],
@@ -228,7 +284,19 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _find_runs(root: Path) -> list[Path]:
-    found = sorted(p.parent for p in root.rglob("config.json"))
+    """Directories holding a config.json under ``root``, following symbolic links (each real
+    directory visited once, so a link cycle ends)."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        if "config.json" in filenames:
+            found.append(Path(dirpath))
+    found.sort()
     runs: list[Path] = []
     for d in found:
         # A config.json inside a run directory (say a checkpoint's) is not another run.

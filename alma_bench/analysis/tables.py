@@ -108,5 +108,10 @@ _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"
           "^": r"\textasciicircum{}", "±": r"$\pm$"}
 
 
+def latex_cell(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (``±`` as ``$\\pm$``)."""
+    return _latex(text)
+
+
 def _latex(text: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in text)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from alma_bench.errors import UserError
+from alma_bench.errors import UserError, unknown
 
 
 def cmd_run(args) -> int:
@@ -33,7 +33,8 @@ def cmd_run(args) -> int:
     args.threads = threads  # resolved: the pool is sized by it (_execute)
     out = Path(args.out)
     states = {s.run_id: RunDir(out, s.results_name, s.run_id).inspect()[0] for s in suite.runs}
-    todo = [s for s in suite.runs if states[s.run_id] != "done"]
+    rerun = _rerun(getattr(args, "rerun", None), suite.runs)
+    todo = [s for s in suite.runs if states[s.run_id] != "done" or s.run_id in rerun]
     if args.dry_run:
         from alma_bench.run.device import resolve_device
 
@@ -41,6 +42,8 @@ def cmd_run(args) -> int:
         waiting = {s.run_id for s in todo}
         for spec in suite.runs:
             state = "would train" if spec.run_id in waiting else "done"
+            if spec.run_id in rerun and states[spec.run_id] in ("done", "failed"):
+                state = f"{states[spec.run_id]}: would train again (--rerun)"
             if states[spec.run_id] == "failed":
                 state = "failed: would retry" if args.retry_failed else "failed: skipped"
             deps = f" after {','.join(spec.deps.values())}" if spec.deps else ""
@@ -55,6 +58,8 @@ def cmd_run(args) -> int:
                  if workers == 1 else f"{workers} workers")
         print(f"{threads} torch thread{'s' if threads != 1 else ''} per run ({why}); "
               f"{where}")
+        for line in _data_checks(suite.runs):
+            print(line)
         if suite.runs:
             r = suite.runs[0]
             print("resolved: " + json.dumps({"stream": r.stream, "model": r.model,
@@ -64,6 +69,7 @@ def cmd_run(args) -> int:
 
     resolve_device(args.device)  # fail on a bad device before any work
     _prepare(out / suite.results_name)
+    _forget(suite.runs, rerun, states, out)
     _note_reused(suite.runs, todo, out, args)
     done = len(suite.runs) - len(todo)
     bad = []
@@ -86,6 +92,69 @@ def cmd_run(args) -> int:
         cmd_show(argparse.Namespace(results=str(out / suite.results_name),
                                     labels=suite.labels, run_ids=finished))
     return _report_failures(bad, len(suite.runs))
+
+
+def _data_checks(runs) -> list[str]:
+    """``data: <stream>: <where it comes from>`` per distinct data source of the runs, from
+    the source's ``check()`` (CIFAR: its files, else the download host; image folders: the
+    folders); a source without one says so."""
+    from alma_bench.registry import STREAMS
+    from alma_bench.spec.config import split_and_source
+
+    out, seen = [], set()
+    for spec in runs:
+        _, name, params = split_and_source(spec.stream)
+        key = json.dumps([name, params], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        source = STREAMS.create(name, **params)
+        check = getattr(source, "check", None)
+        text = check() if callable(check) else (
+            "generated or bundled, nothing to fetch" if name in ("synthetic", "digits")
+            else "not checked (the source has no check())")
+        out.append(f"data: {name}: {text}")
+    return out
+
+
+def _rerun(text: str | None, runs) -> set[str]:
+    """Run ids named by ``--rerun LABEL[,LABEL]|all`` (an entry's label covers its grid
+    expansions); an unknown label is a one-line error naming the valid ones."""
+    if not text:
+        return set()
+    wanted = {w.strip() for w in text.split(",") if w.strip()}
+    if "all" in wanted:
+        return {s.run_id for s in runs}
+    labels = {s.label for s in runs} | {s.label.split("[")[0] for s in runs}
+    for w in sorted(wanted - labels):
+        raise unknown("label for --rerun", w, sorted(labels) + ["all"])
+    return {s.run_id for s in runs if s.label in wanted or s.label.split("[")[0] in wanted}
+
+
+def _forget(runs, rerun: set[str], states: dict, out: Path) -> None:
+    """``--rerun``: the named runs' results go (config.json stays), under each run's lock, so
+    they train again from megabatch 1; a run another process is training is left to it."""
+    from alma_bench.store.locks import RunLock
+    from alma_bench.store.rundir import RunDir
+
+    for spec in runs:
+        if spec.run_id not in rerun or states[spec.run_id] == "new":
+            continue
+        rd = RunDir(out, spec.results_name, spec.run_id)
+        if not rd.path.is_dir():
+            continue
+        lock = RunLock(rd.lock)
+        owner = lock.try_acquire()
+        if owner is not None:
+            print(f"alma-bench: --rerun: {spec.label} seed {spec.seed} ({spec.run_id}) is being "
+                  f"trained by {owner}; left to it", file=sys.stderr)
+            continue
+        try:
+            rd.reset()
+            print(f"alma-bench: --rerun: {spec.label} seed {spec.seed} ({spec.run_id}) trains "
+                  "again from megabatch 1", file=sys.stderr)
+        finally:
+            lock.release()
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:

@@ -1,10 +1,15 @@
-"""Metrics of ALGORITHMS.md section 2: per-megabatch rows and the run summary.
+"""Metrics of docs/algorithms.md ("Metrics"): per-megabatch rows and the run summary.
 
-Density is measured on the model itself, so it is truthful for any strategy, a user's plugin
-included: where a layer has a ``weight_mask`` buffer (the mask set's), its density is the
-mask's (a regrown weight that is still exactly 0 counts as kept); elsewhere it is the share of
-non-zero weights. Global density is over the masked layers when there are any (the layers a
-strategy leaves dense, e.g. APP's classifier, show in ``layer_density`` at 1.0).
+**Density** has one definition for every strategy, built-in or a user's (docs/strategies.md):
+kept weights / all weights over the run's *prunable layers*. The prunable layers are the ones
+the strategy masks through the harness (layers with a ``weight_mask`` buffer, made by a
+``MaskSet``); a run without masks (dense, scratch, a plugin that zeroes weights by hand) is
+measured over the layers a built-in strategy prunes with its default parameters: every Conv2d
+but the model's last Conv2d/Linear layer, or, on a model without Conv2d (``mlp``), every Linear
+but the last. So a plugin that zeroes 10% of the remaining conv weights before each of 8
+megabatches reads 0.9**8 exactly as ``app`` does at that density. A masked layer's density is
+its mask's (a regrown weight that is still exactly 0 counts as kept); an unmasked layer's is
+its share of non-zero weights. Every row names the layer set in ``density_over``.
 """
 
 from __future__ import annotations
@@ -34,13 +39,44 @@ def layer_density(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def global_density(model: nn.Module, per_layer: dict[str, float] | None = None) -> float:
-    """Density over the prunable weights: the masked layers where a strategy holds masks (its
-    dense layers are recorded in ``layer_density``), else every Conv2d and Linear weight."""
-    per_layer = per_layer if per_layer is not None else layer_density(model)
+def default_prunable(model: nn.Module) -> list[str]:
+    """The layers a built-in strategy prunes with its default parameters (``prune_first``
+    true, ``prune_last`` false, ``prune_linear`` false; on a model without Conv2d every Linear
+    layer): every Conv2d but the model's last Conv2d/Linear layer, or every Linear but the last
+    on an all-Linear model."""
     layers = prunable_layers(model)
-    masked = [(n, m) for n, m in layers if getattr(m, "weight_mask", None) is not None]
-    sizes = {n: m.weight.numel() for n, m in (masked or layers)}
+    has_conv = any(isinstance(m, nn.Conv2d) for _, m in layers)
+    last = layers[-1][0] if layers else None
+    picked = [n for n, m in layers if n != last and (isinstance(m, nn.Conv2d) or not has_conv)]
+    return picked or [n for n, _ in layers]  # a one-layer model: that layer
+
+
+def density_layers(model: nn.Module) -> list[str]:
+    """The run's prunable layers, over which ``density`` is measured: the masked layers when
+    a strategy holds masks, else :func:`default_prunable`."""
+    masked = [n for n, m in prunable_layers(model) if getattr(m, "weight_mask", None) is not None]
+    return masked or default_prunable(model)
+
+
+def describe_layers(model: nn.Module, names: list[str]) -> str:
+    """A short name of a layer set, e.g. ``every Conv2d but conv1`` or ``every Conv2d and
+    Linear but fc``: the layer types it holds, less the layers of those types it leaves out."""
+    layers = prunable_layers(model)
+    chosen = set(names)
+    kinds = sorted({type(m).__name__ for n, m in layers if n in chosen})
+    left = [n for n, m in layers if type(m).__name__ in kinds and n not in chosen]
+    text = "every " + " and ".join(kinds)
+    if left:
+        shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        text += f" but {shown}"
+    return text
+
+
+def global_density(model: nn.Module, per_layer: dict[str, float] | None = None) -> float:
+    """Density over the run's prunable layers (:func:`density_layers`)."""
+    per_layer = per_layer if per_layer is not None else layer_density(model)
+    chosen = set(density_layers(model))
+    sizes = {n: m.weight.numel() for n, m in prunable_layers(model) if n in chosen}
     total = sum(sizes.values())
     return sum(per_layer[n] * sizes[n] for n in sizes) / total if total else 1.0
 
@@ -124,6 +160,7 @@ def summarize(rows: list[dict]) -> dict:
         "mean_gen_gap": sum(gaps) / len(gaps),
         "final_gen_gap": last["gen_gap"],
         "final_density": last["density"],
+        "density_over": last.get("density_over"),
         "nonzero_params": last["nonzero_params"],
         "flops_dense": last["flops_dense"],
         "flops_effective": last["flops_effective"],

@@ -1,9 +1,11 @@
 """Provenance of a run: the code, library versions, device, threads and command that made it.
 
 Recorded in each run's ``config.json``. A finished run is reused whenever its id matches (the
-id covers what changes the numbers: config, seed, threads, core and strategy revisions); when
-it was made under a different environment (another commit, library version, device or
-plugin file), the reuse is said in one line rather than silently mixed into a table.
+id covers what changes the numbers: config, seed, threads, core and strategy revisions, and a
+strategy that is not alma-bench's own by its code: the sha256 of its file and the version of
+the package that ships it, so an edited plugin is a new run); when it was made under a
+different environment (another commit, library version, device, plugin file or entry-point
+package), the reuse is said in one line rather than silently mixed into a table.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 _PACKAGES = ("alma-bench", "torch", "torchvision", "avalanche-lib")
 # what may differ between the run on disk and now without changing its id, but is worth a word
-_COMPARED = ("git_commit", "git_dirty", "versions", "device", "plugins")
+_COMPARED = ("git_commit", "git_dirty", "versions", "device", "plugins", "entry_points")
+_GROUPS = ("alma_bench.strategies", "alma_bench.streams", "alma_bench.models",
+           "alma_bench.pruners", "alma_bench.schedules")
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,6 +51,19 @@ def versions() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def entry_point_packages() -> dict:
+    """``{distribution: version}`` of every installed package other than alma-bench that
+    registers components through an ``alma_bench.*`` entry-point group."""
+    out = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() != "alma-bench" and any(
+                ep.group in _GROUPS for ep in dist.entry_points):
+            out[name] = dist.version
+    return dict(sorted(out.items()))
+
+
 def file_hashes(paths) -> dict:
     """sha256 of each plugin file (a module name, not a file, maps to None)."""
     out = {}
@@ -65,7 +82,7 @@ def provenance(device, threads: int, env: dict | None = None) -> dict:
     env = env or {}
     return {**git_state(), "versions": versions(), "device": str(device), "threads": threads,
             "python": sys.version.split()[0], "command": env.get("command", list(sys.argv)),
-            "plugins": env.get("plugins", {})}
+            "plugins": env.get("plugins", {}), "entry_points": entry_point_packages()}
 
 
 def note_reuse(spec, config: dict, device: str, env: dict | None) -> None:
@@ -75,7 +92,8 @@ def note_reuse(spec, config: dict, device: str, env: dict | None) -> None:
         return
     now = provenance(_device_name(device), spec.threads, env)
     diff = [f"{k} {old.get(k)!r} -> {now.get(k)!r}" for k in _COMPARED
-            if k in old and old.get(k) != now.get(k) and not (k == "plugins" and not now[k])]
+            if k in old and old.get(k) != now.get(k)
+            and not (k in ("plugins", "entry_points") and not now[k])]
     if diff:
         print(f"alma-bench: reusing finished run {spec.run_id} ({spec.label}, seed {spec.seed}) "
               f"made under a different environment: {'; '.join(diff)}", file=sys.stderr)

@@ -28,6 +28,8 @@ from alma_bench.run.data import Normalizer
 from alma_bench.run.device import resolve_device
 from alma_bench.run.metrics import (
     FlopMeter,
+    density_layers,
+    describe_layers,
     effective_flops,
     global_density,
     layer_density,
@@ -274,7 +276,8 @@ def _measure(run: _Run, t: int, start: float) -> dict:
         # APP's per-epoch log: running train accuracy and validation accuracy, every epoch
         "epoch_train_acc": [a for a, _ in ctx.epoch_log],
         "epoch_val_acc": [v for _, v in ctx.epoch_log],
-        "density": g_dens, "layer_density": dens, "nonzero_params": nonzero_params(model),
+        "density": g_dens, "density_over": describe_layers(model, density_layers(model)),
+        "layer_density": dens, "nonzero_params": nonzero_params(model),
         # training FLOPs: per optimizer step, at the masks in force in that step
         "flops_dense": flops_total, "flops_effective": eff, "train_flops": ctx.train_flops,
         "wall_time": time.perf_counter() - start,

@@ -3,7 +3,7 @@
 Importing this package registers every built-in pruner and schedule.
 """
 
-from alma_bench.sparsity.masks import MaskSet, erk_densities
+from alma_bench.sparsity.masks import MaskSet, erk_densities, plain_state_dict
 from alma_bench.sparsity.pruners import Magnitude, Random, Snip, prune
 from alma_bench.sparsity.schedules import (
     Constant,
@@ -28,6 +28,7 @@ __all__ = [
     "Quadratic",
     "Random",
     "Snip",
+    "plain_state_dict",
     "app_densities",
     "check_density",
     "erk_densities",

@@ -16,7 +16,7 @@ from alma_bench.errors import UserError
 from alma_bench.run.plugin_base import MASK_BUFFER
 from alma_bench.sparsity.schedules import check_density
 
-__all__ = ["MaskSet", "erk_densities"]
+__all__ = ["MaskSet", "erk_densities", "plain_state_dict"]
 
 BUFFER = MASK_BUFFER  # each mask is the buffer <layer>.weight_mask
 
@@ -47,6 +47,24 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[s
         # because eps only grows when a layer over 1 leaves the budget.
         dense |= over
     return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+
+
+@torch.no_grad()
+def plain_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict:
+    """A masked model's weights as a plain model's ``state_dict``: each ``<layer>.weight_mask``
+    folded into ``<layer>.weight`` (masked weights exactly 0) and dropped, so
+    ``build_model(...).load_state_dict(plain_state_dict(model), strict=True)`` loads into a
+    fresh model with no mask buffers. Takes a model or a state dict (a checkpoint's
+    ``"model"``); tensors are copies, the model is not changed."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) \
+        else model_or_state
+    suffix = "." + BUFFER
+    out = {k: v.detach().clone() for k, v in state.items() if not k.endswith(suffix)}
+    for key, mask in state.items():
+        if key.endswith(suffix):
+            weight = key[: -len(suffix)] + ".weight"
+            out[weight] = out[weight] * mask.to(out[weight].device, out[weight].dtype)
+    return out
 
 
 def _keep_top(scores: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:

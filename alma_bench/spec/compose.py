@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alma_bench.errors import UserError
-from alma_bench.registry import STRATEGIES
+from alma_bench.registry import STRATEGIES, code_identity
 
 SEP = "+"
 
@@ -119,6 +119,19 @@ def revision(name: str):
         return rev if rev != 1 else None
     revs = {p: r for p, r in revs.items() if r != 1}
     return revs or None
+
+
+def code(name: str):
+    """The code identity (``registry.code_identity``) of a strategy that is not alma-bench's
+    own, or per part ``{part: identity}`` for a composition's such parts; None when every
+    part is built in, so a built-in strategy's run id is what it always was."""
+    if name not in STRATEGIES and not composed(name):
+        return None
+    codes = {p: code_identity(STRATEGIES.get(p).cls) for p in parts(name) if p in STRATEGIES}
+    codes = {p: c for p, c in codes.items() if c}
+    if not composed(name):
+        return codes.get(name)
+    return codes or None
 
 
 def dependency_params(strategy: dict) -> dict[str, str]:

@@ -140,8 +140,10 @@ class RunSpec:
     def identity(self) -> dict:
         """The fields that determine the run's numbers: hashed into its id.
 
-        The core revision, the thread count, the run ids of the runs it depends on, and the
-        strategy class's ``revision`` are part of it (revision 1 is left out)."""
+        The core revision, the thread count, the run ids of the runs it depends on, the
+        strategy class's ``revision`` (revision 1 is left out) and, for a strategy that is not
+        alma-bench's own, its code (``strategy_code``: the sha256 of its file and its package's
+        version) are part of it."""
         protocol = compose.omit_later(self.protocol, LATER_PROTOCOL_FIELDS)
         ident = {"stream": self.stream, "model": self.model, "protocol": protocol,
                  "strategy": self.strategy, "seed": self.seed, "threads": self.threads,
@@ -151,6 +153,9 @@ class RunSpec:
         revision = compose.revision(self.strategy["name"])  # per part for a composition
         if revision is not None:
             ident["strategy_revision"] = revision
+        code = compose.code(self.strategy["name"])  # a plugin's file hash / package version
+        if code is not None:
+            ident["strategy_code"] = code
         return ident
 
     @property
@@ -365,13 +370,6 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"duplicate strategy label(s) {', '.join(dup)}: give each a 'label'")
-    same = {}
-    for label, _, sname, sparams, _, n in resolved:
-        key = json.dumps([n, sname, sparams], sort_keys=True, default=str)
-        if key in same:  # one run id for two labels: they would share a result directory
-            raise UserError(f"strategies '{same[key]}' and '{label}' are the same run "
-                            f"({sname} with the same params); keep one")
-        same[key] = label
     if strategies:
         # an entry's label selects all its grid expansions; one expansion selects itself
         wanted = grid.rejoin(list(strategies))
@@ -380,6 +378,14 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
             if want not in labels and want not in bases:
                 raise unknown("strategy in this suite", want, list(dict.fromkeys(bases + labels)))
         resolved = [r for r in resolved if r[0] in wanted or r[1] in wanted]
+    # only the selected entries: a deselected one that would be the same run blocks nothing
+    same = {}
+    for label, _, sname, sparams, _, n in resolved:
+        key = json.dumps([n, sname, sparams], sort_keys=True, default=str)
+        if key in same:  # one run id for two labels: they would share a result directory
+            raise UserError(f"strategies '{same[key]}' and '{label}' are the same run "
+                            f"({sname} with the same params); keep one")
+        same[key] = label
     refs = raw.get("references") or {}
     runs = [
         RunSpec(suite=name, label=label, strategy={"name": sname, "params": sparams}, seed=seed,
