@@ -123,7 +123,7 @@ class Registry:
         self._load_entry_points()
         return name in self._entries
 
-    def create(self, name: str, **params: Any):
+    def create(self, name: str, /, **params: Any):  # a parameter may be called "name" too
         """Instantiate ``name`` with validated parameters."""
         entry = self.get(name)
         return build_dataclass(entry.cls, params, f"{self.kind} '{name}'")
@@ -168,7 +168,8 @@ _YAML11_EXP = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
 
 def _coerce(value: Any, tp: Any, what: str) -> Any:
     """Check ``value`` against annotation ``tp``; int -> float and list -> tuple are allowed."""
-    origin = typing.get_origin(tp)
+    # a bare ``dict`` or ``list`` annotation is checked as ``dict[Any, Any]``, ``list[Any]``
+    origin = typing.get_origin(tp) or (tp if tp in (dict, list, tuple) else None)
     args = typing.get_args(tp)
     if tp is Any:
         return value
