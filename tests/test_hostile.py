@@ -473,3 +473,12 @@ def test_tensorboard_problem_never_fails_the_run(tmp_path, capsys):
     assert "TensorBoard logging is off for this run" in err
     status = json.loads(next((tmp_path / "out").glob("tiny/*/status.json")).read_text())
     assert status["state"] == "done"
+
+
+def test_renamed_label_shows_the_new_label(finished, tmp_path, capsys):
+    suite, out = _copy(finished, tmp_path)
+    write_suite(suite, strategies=[{"name": "dense", "label": "warm-start"}])
+    code, shown, err = run_cli(capsys, "run", suite, "--out", out, "--quiet")
+    assert code == 0 and "already done" in shown, err
+    assert "warm-start" in shown
+    assert json.loads((_run_dir(out) / "config.json").read_text())["label"] == "warm-start"
