@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -161,10 +160,9 @@ class RunSpec:
         so that scales of one suite never mix in a table."""
         return f"{self.suite}-{self.scale}" if self.scale else self.suite
 
-    @functools.cached_property
+    @property
     def run_id(self) -> str:
-        # cached: a plan asks for it many times per run (a 10,000-run grid's --dry-run); a
-        # changed spec is a new object (dataclasses.replace), with its own id
+        # not cached: the identity includes the strategy class's revision, read each time
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
