@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_malloc()  # before any tensor: no page-fault storm in evaluation (alma_bench/run/memory.py)
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)  # torch is not loaded yet: the wait policy still counts
     _set_wait_policy(args)
     # Warnings (e.g. a third-party UserWarning at import, or one raised inside a run, which
@@ -34,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     # alma-bench's own (e.g. a results file it skipped).
     with warnings.catch_warnings(record=True) as held:
         try:
-            code = _command(args)
+            code = _command(args, argv)
         except UserError as e:
-            print(f"alma-bench: error: {e}", file=sys.stderr)
+            print(f"alma-bench: error: {_printable(str(e))}", file=sys.stderr)
             return e.exit_code
         except OSError as e:  # a path the command reads or writes is not usable
             where = f"{e.filename}: " if e.filename else ""
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             shown.add(key)
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return code
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped as Python writes them: a message quoting the user's input
+    stays one line and cannot repaint the terminal (an ANSI escape in a value)."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: repr(m.group())[1:-1], text)
 
 
 def _set_wait_policy(args) -> None:
@@ -93,7 +104,9 @@ def _own_code(filename: str) -> bool:
     return any(path.is_relative_to(r) for r in roots)
 
 
-def _command(args) -> int:
+def _command(args, argv: list[str]) -> int:
+    got: list[int] = []
+    restore = _interrupting_signals(got)
     try:
         for f in getattr(args, "plugin", None) or []:
             from alma_bench.registry import load_plugin_file
@@ -101,9 +114,27 @@ def _command(args) -> int:
             load_plugin_file(f)
         return args.func(args) or 0
     except KeyboardInterrupt:
-        print("alma-bench: interrupted; finished megabatches are saved, run again to resume",
-              file=sys.stderr)
+        by = f" by {signal.Signals(got[-1]).name}" if got else ""
+        print(f"alma-bench: interrupted{by}; finished megabatches are saved; to resume, run "
+              f"again: alma-bench {shlex.join(argv)}", file=sys.stderr)
         return 130
+    finally:
+        restore()
+
+
+def _interrupting_signals(got: list[int]):
+    """SIGTERM and SIGHUP (a batch system's stop, a closed terminal) unwind like Ctrl-C:
+    without this they end the process at once, leaving run.lock behind and saying nothing.
+    Returns what puts the previous handlers back (the CLI may run inside another program)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
 def _parser() -> argparse.ArgumentParser:

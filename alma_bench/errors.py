@@ -3,7 +3,7 @@
 Exit codes of the CLI (README, "Exit codes"): 0 all runs done, 1 an internal error (a bug:
 traceback), 2 bad input (``UserError``), 3 an I/O problem with a results or data path
 (``StoreError``), 4 some runs failed (recorded in their folders; the others finished),
-130 interrupted.
+130 interrupted (Ctrl-C, SIGTERM or SIGHUP).
 """
 
 from __future__ import annotations

@@ -21,10 +21,12 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import math
 import re
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ class Registry:
         self.group = group
         self._entries: dict[str, Entry] = {}
         self._entry_points_loaded = group is None
+        self._broken: list[str] = []  # entry points that failed to load, one line each
 
     def register(self, name: str, description: str | None = None):
         """Class decorator registering ``cls`` under ``name``; a duplicate name is an error."""
@@ -91,7 +94,15 @@ class Registry:
             return
         self._entry_points_loaded = True
         for ep in importlib.metadata.entry_points(group=self.group):
-            ep.load()  # importing the target module runs its @register decorators
+            try:
+                ep.load()  # importing the target module runs its @register decorators
+            except Exception as e:  # any error of a third party's import
+                # One broken package must not break every command: its components are
+                # missing (an unknown-name error says why), the rest work.
+                line = f"{self.group} entry point '{ep.name} = {ep.value}' failed to load: " \
+                       f"{one_line(e)}"
+                self._broken.append(line)
+                warnings.warn(line, stacklevel=2)
 
     def names(self) -> list[str]:
         """Sorted registered names."""
@@ -106,14 +117,17 @@ class Registry:
         """The entry for ``name``, or a UserError naming the closest valid name."""
         self._load_entry_points()
         if name not in self._entries:
-            raise unknown(self.kind, name, self._entries)
+            err = unknown(self.kind, name, self._entries)
+            if self._broken:  # the name may be one a broken package would have registered
+                err = UserError(f"{err} ({'; '.join(self._broken)})")
+            raise err
         return self._entries[name]
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
         return name in self._entries
 
-    def create(self, name: str, **params: Any):
+    def create(self, name: str, /, **params: Any):  # a parameter may be called "name" too
         """Instantiate ``name`` with validated parameters."""
         entry = self.get(name)
         return build_dataclass(entry.cls, params, f"{self.kind} '{name}'")
@@ -133,7 +147,7 @@ def build_dataclass(cls: type, params: dict[str, Any], what: str):
             f"unknown parameter(s) {', '.join(bad)} for {what}. "
             f"Valid: {', '.join(sorted(fields)) or '(none)'}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key, value in list(params.items()):
         params[key] = _coerce(value, hints.get(key, Any), f"{what} parameter '{key}'")
     try:
@@ -142,12 +156,24 @@ def build_dataclass(cls: type, params: dict[str, Any], what: str):
         raise UserError(f"{what}: {e}") from None
 
 
+#: Bounds on any numeric parameter: beyond them a value is a typo (``1e20`` epochs), and an
+#: integer past int32 overflows the kernels and generators it is handed to.
+MAX_FLOAT = 1e9
+MAX_INT = 2**31 - 1
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    # resolving string annotations evaluates them: the slowest part of a large grid's plan
+    return typing.get_type_hints(cls)
+
+
 _YAML11_EXP = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
 
 
 def _coerce(value: Any, tp: Any, what: str) -> Any:
     """Check ``value`` against annotation ``tp``; int -> float and list -> tuple are allowed."""
-    origin = typing.get_origin(tp)
+    # a bare ``dict`` or ``list`` annotation is checked as ``dict[Any, Any]``, ``list[Any]``
+    origin = typing.get_origin(tp) or (tp if tp in (dict, list, tuple) else None)
     args = typing.get_args(tp)
     if tp is Any:
         return value
@@ -185,10 +211,18 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             quoted = " (a string: drop the quotes)" if isinstance(value, str) else ""
             raise UserError(f"{what} must be a number, got {value!r}{quoted}")
+        # NaN passes every `x < bound` check of a __post_init__ (comparisons are false), and
+        # a run would only fail once trained: no parameter is meant to be NaN or infinite
+        if not math.isfinite(value) or abs(value) > MAX_FLOAT:
+            raise UserError(f"{what} must be a finite number of magnitude at most "
+                            f"{MAX_FLOAT:g}, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{what} must be an integer, got {value!r}")
+        if abs(value) > MAX_INT:  # epochs: 10**20 would never end, and torch takes int64
+            raise UserError(f"{what} must be an integer of magnitude at most {MAX_INT}, "
+                            f"got {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -205,29 +239,47 @@ def _tname(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as ``Type: message`` on one line."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def load_plugin_file(path: str | Path) -> types.ModuleType:
     """Import a single Python file (``--plugin``); its decorators register its components.
 
     The file's sha256 is kept on the module (``CODE_HASH``): it is what the run ids of its
     strategies record (:func:`code_identity`). A file already imported is imported again when
-    its contents changed since (a notebook or test that edits it between runs)."""
+    its contents changed since (a notebook or test that edits it between runs). Every
+    registry's entry points (the built-ins) load first, so a plugin that reuses a built-in
+    name is the one blamed; any error of the file's import is one UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"plugin file not found: {path}")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    name = f"alma_bench_plugin_{path.stem}"
+    code = hashlib.sha256(path.read_bytes()).hexdigest()
+    # The module name includes a digest of the resolved path: two plugin files of one name in
+    # different folders are two modules (a name from the stem alone loaded only the first),
+    # and a worker process that loads the same path gets the same name (pickled classes).
+    resolved = str(path.resolve())
+    where = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"alma_bench_plugin_{stem}_{where}"
     old = sys.modules.get(name)
-    if old is not None and getattr(old, CODE_HASH, None) == digest:
+    if old is not None and getattr(old, CODE_HASH, None) == code:
         return old
     if old is not None:  # edited since: its new contents register again
-        for registry in (STRATEGIES, STREAMS, MODELS, PRUNERS, SCHEDULES):
+        for registry in REGISTRIES:
             registry.forget_module(name)
-    spec = importlib.util.spec_from_file_location(name, path)
+    for registry in REGISTRIES:
+        registry._load_entry_points()
+    spec = importlib.util.spec_from_file_location(name, resolved)
     module = importlib.util.module_from_spec(spec)
-    setattr(module, CODE_HASH, digest)
+    setattr(module, CODE_HASH, code)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a plugin's import may raise anything
+        del sys.modules[name]
+        raise UserError(f"plugin file {path} failed to load: {one_line(e)}") from None
     return module
 
 
@@ -290,3 +342,4 @@ STREAMS = Registry("stream", "alma_bench.streams")
 MODELS = Registry("model", "alma_bench.models")
 PRUNERS = Registry("pruner", "alma_bench.pruners")
 SCHEDULES = Registry("schedule", "alma_bench.schedules")
+REGISTRIES = (STRATEGIES, STREAMS, MODELS, PRUNERS, SCHEDULES)

@@ -82,6 +82,8 @@ class APP:
             object.__setattr__(self, "density", self.base ** tau)
         else:
             d = float(check_density(self.density))
+            if d > self.base:  # tau < 1: APP prunes to base before the first megabatch
+                raise ValueError(f"density must be <= base ({self.base:g}), got {d:g}")
             tau = round(math.log(d) / math.log(self.base), 12)
             if self.tau is not None and not math.isclose(self.base ** self.tau, d,
                                                           rel_tol=1e-9):

@@ -23,16 +23,37 @@ from alma_bench.streams._common import cache_dir, channel_stats, check_data_root
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
-def _listing(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+def _listing(split_dir: Path, classes: list[str], every_class: bool) -> list[tuple[str, int]]:
+    """(path, class index) of the images of each class folder; ``every_class``: a class
+    folder without images is an error (in train/ it would add an output no image teaches)."""
     files = []
     for ci, c in enumerate(classes):
         d = split_dir / c
         if not d.is_dir():
             continue
-        for e in sorted(os.scandir(d), key=lambda e: e.name):
-            if Path(e.name).suffix.lower() in EXTENSIONS:
-                files.append((e.path, ci))
+        found = [(e.path, ci) for e in sorted(os.scandir(d), key=lambda e: e.name)
+                 if Path(e.name).suffix.lower() in EXTENSIONS and e.is_file()]
+        if every_class and not found:
+            raise UserError(f"class folder {d} holds no images ({', '.join(sorted(EXTENSIONS))})"
+                            "; remove it or add images")
+        files += found
+    if not files:
+        raise UserError(f"{split_dir} holds no images in its class folders")
     return files
+
+
+def _classes(root: Path) -> list[str]:
+    """The class folders of train/; one line when test/ has a class train/ lacks (it would
+    be dropped without a word)."""
+    classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
+    if not classes:
+        raise UserError(f"{root / 'train'} holds no class folders")
+    extra = sorted(e.name for e in os.scandir(root / "test")
+                   if e.is_dir() and e.name not in classes)
+    if extra:
+        raise UserError(f"{root / 'test'} has class folder(s) {', '.join(extra)} that "
+                        f"{root / 'train'} lacks; every test class must be trained")
+    return classes
 
 
 def _key(root: Path, files: list[tuple[str, int]]) -> str:
@@ -47,13 +68,20 @@ def _decode(files: list[tuple[str, int]], threads: int) -> tuple[torch.Tensor, t
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     def one(path):
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except Exception as e:  # the decoder's errors name no file
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(f"cannot read image {path} (empty, truncated or not an image: "
+                            f"{why}); remove or replace it") from None
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         images = list(pool.map(one, [p for p, _ in files], chunksize=256))
-    shapes = {tuple(im.shape) for im in images}
-    if len(shapes) > 1:
-        raise UserError(f"images differ in size ({sorted(shapes)[:3]}...); resize them first")
+    first = tuple(images[0].shape)
+    for (path, _), im in zip(files, images):
+        if tuple(im.shape) != first:
+            raise UserError(f"image {path} is {tuple(im.shape)} (C, H, W) but {files[0][0]} is "
+                            f"{first}; resize them to one size first")
     return torch.stack(images), torch.tensor([c for _, c in files], dtype=torch.long)
 
 
@@ -81,11 +109,9 @@ class ImageFolder:
         for split in ("train", "test"):
             if not (root / split).is_dir():
                 raise UserError(f"data root {root} has no '{split}/' folder of class folders")
-        classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
-        if not classes:
-            raise UserError(f"{root / 'train'} holds no class folders")
-        train_files = _listing(root / "train", classes)
-        test_files = _listing(root / "test", classes)
+        classes = _classes(root)
+        train_files = _listing(root / "train", classes, every_class=True)
+        test_files = _listing(root / "test", classes, every_class=False)
         key = _key(root, train_files + test_files)
         path = cache_dir() / "imagefolder" / f"{key}.pt"
         if path.exists():

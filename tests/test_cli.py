@@ -65,7 +65,7 @@ BAD = [
     (["run", "quickstart", "--set", "stream.bogus=1"],
      r"unknown stream key\(s\) bogus for stream 'digits'\. Valid: "),
     (["run", "quickstart", "--set", "strategies.osp-snip.density=1.5"],
-     r"strategy 'osp': density must be in \(0, 1\], got 1\.5"),
+     r"strategy 'osp': density must be in \[1e-06, 1\], got 1\.5"),
     (["run", "quickstart", "--set", "strategies.app-snip.pruner=snipp"],
      r"unknown pruner 'snipp'\. Valid: magnitude, random, snip"),
     (["run", "quickstart", "--seeds", "a,b"], r"--seeds must be comma-separated integers"),
@@ -125,9 +125,9 @@ def test_table_after_run_shows_only_this_config(capsys, tmp_path):
 
 
 MORE_BAD = [
-    (["--set", "stream=digits"], r"suite section 'stream' must be a mapping"),
+    (["--set", "stream=digits"], r"suite key 'stream' must be a mapping, got 'digits'"),
     (["--set", "strategies.dense.x=1"], r"unknown parameter\(s\) x for strategy 'dense'"),
-    (["--seeds", "-1"], r"seeds must be a list of non-negative integers"),
+    (["--seeds", "-1"], r"--seeds must be a list of integers in \[0, 4294967295\], got \[-1\]"),
     (["--set", "protocol.eval_batch_size=0"], r"eval_batch_size must be >= 1"),
     (["--set", "protocol.weight_decay=-1"], r"weight_decay must be >= 0"),
     (["--set", "stream.megabatches=5000"], r"leave a megabatch with no training sample"),

@@ -71,7 +71,7 @@ BAD = [
     ({"strategies": [{"name": "osp", "grid": {"densty": [0.1]}}]},
      r"strategy 'osp': unknown grid key 'densty'\. Did you mean 'density'\? Valid: .*pruner"),
     ({"grid": {"protocol.lr": 0.1}}, r"grid key 'protocol\.lr' needs a non-empty list"),
-    ({"grid": [1, 2]}, r"grid must be a mapping"),
+    ({"grid": [1, 2]}, r"suite key 'grid' must be a mapping"),
     ({"grid": {"strategies.nope.density": [0.1]}}, r"unknown strategy label 'nope'"),
     ({"strategies": [{"name": "osp", "grid": {"density": [0.1, 0.2]}},
                      {"name": "osp", "label": "osp[density=0.1]", "params": {"density": 0.3}}]},
@@ -79,7 +79,7 @@ BAD = [
     ({"strategies": [{"name": "dense"}], "grid": {"protocol.lr": [0.1, 0.1]}},
      r"duplicate strategy label\(s\) dense\[protocol\.lr=0\.1\]"),
     ({"strategies": [{"name": "osp", "grid": {"density": [0.1, 2.0]}}]},
-     r"strategy 'osp': density must be in \(0, 1\], got 2\.0"),
+     r"strategy 'osp': density must be in \[1e-06, 1\], got 2\.0"),
 ]
 
 

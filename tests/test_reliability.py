@@ -357,9 +357,9 @@ def test_megabatches_beyond_the_data_fail_before_allocating(tmp_path):
 def test_data_larger_than_memory_fails_before_allocating(tmp_path, capsys):
     suite = write_suite(tmp_path / "tiny.yaml")
     code, _, err = run(capsys, "run", suite, "--out", tmp_path / "out", "--quiet",
-                       "--set", "stream.n_train=1000000000000")
+                       "--set", "stream.n_train=2000000000")
     assert code == 2 and err.count("\n") == 1
-    assert "synthetic stream of 1000000000000+64 images of 3x8x8 needs" in err
+    assert "synthetic stream of 2000000000+64 images of 3x8x8 needs" in err
     assert "GiB of memory; make it smaller" in err
 
 

@@ -121,9 +121,10 @@ def load(path: str | Path | Sequence[str | Path]) -> Results:
         if not found:
             raise UserError(f"no runs under '{root}' (no directory holds a config.json)")
         run_dirs += found
-    configs = {d: c for d in run_dirs if (c := _read_json(d / "config.json")) is not None}
+    configs = {d: c for d in run_dirs if (c := _run_config(d)) is not None}
     if not configs:
-        raise UserError(f"no readable runs under {', '.join(map(str, paths))}")
+        raise UserError(f"no readable runs under {', '.join(map(str, paths))} (`alma-bench "
+                        "run` with their suite repairs a run whose config.json is damaged)")
     configs = _once(configs)
     # a dependency is identified by its own config key, not by its seed-specific run id
     dep_keys = {str(c.get("run_id") or d.name): dump(config_key(c)) for d, c in configs.items()}
@@ -284,31 +285,50 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _find_runs(root: Path) -> list[Path]:
-    """Directories holding a config.json under ``root``, following symbolic links (each real
-    directory visited once, so a link cycle ends)."""
-    found, seen = [], set()
+    """Folders that are runs: they hold a status.json, or a config.json written by a run
+    (a RunSpec's fields), so an unrelated config.json elsewhere in the tree is no row.
+    Symbolic links are followed (each real directory visited once, so a link cycle ends)."""
+    found, seen = set(), set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames.sort()
-        if "config.json" in filenames:
-            found.append(Path(dirpath))
-    found.sort()
+        if "config.json" in filenames or "status.json" in filenames:
+            found.add(Path(dirpath))
+    found = sorted(found)
     runs: list[Path] = []
     for d in found:
         # A config.json inside a run directory (say a checkpoint's) is not another run.
-        if not any(r in d.parents for r in runs):
+        if any(r in d.parents for r in runs):
+            continue
+        if (d / "status.json").is_file() or _is_run_config(_read_json(d / "config.json",
+                                                                     quiet=True)):
             runs.append(d)
     return runs
 
 
+def _is_run_config(config) -> bool:
+    return isinstance(config, dict) and {"run_id", "strategy", "seed"} <= set(config)
+
+
+def _run_config(run_dir: Path) -> dict | None:
+    """The run's config.json, or None with one warning saying how to repair it."""
+    config = _read_json(run_dir / "config.json", quiet=True)
+    if _is_run_config(config):
+        return config
+    warnings.warn(f"skipping run {run_dir}: its config.json is missing or damaged "
+                  "(`alma-bench run` with its suite repairs it)", stacklevel=3)
+    return None
+
+
 def _load_run(run_dir: Path, config: dict) -> tuple[dict[str, Any], list[dict]]:
     rows = _read_jsonl(run_dir / "metrics.jsonl")
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = _read_json(run_dir / "summary.json", quiet=True) or {}
     status = _read_json(run_dir / "status.json") or {}
+    if not summary and status.get("state") == "done":
+        summary = _regenerate_summary(run_dir, rows, status)
     strategy = config.get("strategy")
     strategy = strategy.get("name") if isinstance(strategy, dict) else strategy
     run: dict[str, Any] = {
@@ -332,13 +352,30 @@ def _load_run(run_dir: Path, config: dict) -> tuple[dict[str, Any], list[dict]]:
     return run, rows
 
 
-def _read_json(path: Path) -> dict | None:
+def _regenerate_summary(run_dir: Path, rows: list[dict], status: dict) -> dict:
+    """A finished run's summary from its rows when summary.json was deleted or damaged (the
+    runner's own function: the same numbers); empty when the rows are not all there."""
+    from alma_bench.store.summary import summarize
+
+    if not rows or len(rows) != status.get("megabatches_done"):
+        return {}
+    try:
+        summary = summarize(rows)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return {}
+    warnings.warn(f"{run_dir / 'summary.json'} is missing or damaged: recomputed from "
+                  "metrics.jsonl (`alma-bench run` rewrites it)", stacklevel=3)
+    return summary
+
+
+def _read_json(path: Path, quiet: bool = False) -> dict | None:
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        warnings.warn(f"skipping unreadable {path}: {exc}", stacklevel=3)
+        if not quiet:
+            warnings.warn(f"skipping unreadable {path}: {exc}", stacklevel=3)
         return None
     return data if isinstance(data, dict) else None
 

@@ -193,17 +193,23 @@ def _report_failures(bad, total: int) -> int:
 
 
 def _note_reused(runs, todo, out, args) -> None:
-    """One line per finished run reused under a different environment (never silent)."""
+    """One line per finished run reused under a different environment (never silent); a
+    label renamed in the suite is written into the reused run's config.json."""
     from alma_bench.run.provenance import invocation, note_reuse
-    from alma_bench.store.files import read_json
+    from alma_bench.store.files import read_json, write_json
     from alma_bench.store.rundir import RunDir
 
     waiting = {s.run_id for s in todo}
     env = invocation(args.plugin)
     for spec in runs:
         if spec.run_id not in waiting:
-            note_reuse(spec, read_json(RunDir(out, spec.results_name, spec.run_id).config) or {},
-                       args.device, env)
+            rd = RunDir(out, spec.results_name, spec.run_id)
+            config = read_json(rd.config) or {}
+            if config.get("label") not in (None, spec.label):
+                # a label renamed in the suite: not part of the run's identity, so the run is
+                # reused, and its table row shows the suite's name for it now
+                write_json(rd.config, {**config, "label": spec.label})
+            note_reuse(spec, config, args.device, env)
 
 
 def _execute(todo, args, out):

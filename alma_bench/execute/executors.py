@@ -76,8 +76,9 @@ def _worker_init(plugins, pool: bool = True, env: dict | None = None):
     if env is not None:  # a fork server's worker has the server's environment: this pool's
         os.environ.clear()  # is the one its runs read (the server outlives an invocation)
         os.environ.update(env)
-    if pool:  # Ctrl-C is the parent's to handle: it stops pool workers with SIGTERM
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pool:  # Ctrl-C (and a hang-up) is the parent's to handle: it stops pool workers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # with SIGTERM
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _on_sigterm)
     load_modules(list(plugins))
 

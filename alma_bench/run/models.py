@@ -15,6 +15,9 @@ from torch import nn
 
 from alma_bench.registry import MODELS
 
+#: Widest layer a model parameter may ask for: wider is a typo that would exhaust memory.
+MAX_WIDTH = 65_536
+
 
 @MODELS.register("mlp")
 @dataclass(frozen=True)
@@ -23,6 +26,10 @@ class MLP:
     default initialisation (alma-bench's own, no reference to follow)."""
 
     hidden: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self):
+        if not all(1 <= h <= MAX_WIDTH for h in self.hidden):
+            raise ValueError(f"hidden widths must be in [1, {MAX_WIDTH}], got {list(self.hidden)}")
 
     def build(self, input_shape, num_classes) -> nn.Module:
         # named layers (fc1, fc2, ..., out), so per-layer densities read well in reports
@@ -59,6 +66,11 @@ class SmallCNN:
     alma-bench's own small network (no paper to follow): PyTorch's default initialisation."""
 
     width: int = 16
+
+    def __post_init__(self):
+        # width 0 builds a network with no weights, which trains to a constant guess
+        if not 1 <= self.width <= MAX_WIDTH:
+            raise ValueError(f"width must be in [1, {MAX_WIDTH}], got {self.width}")
 
     def build(self, input_shape, num_classes) -> nn.Module:
         w = self.width
@@ -246,6 +258,12 @@ class WRN28_2:
     depth: int = 28
     widen: int = 2
     init: Literal["reference", "pytorch"] = "reference"
+
+    def __post_init__(self):
+        if self.depth < 10 or (self.depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4 with n >= 1, got {self.depth}")
+        if not 1 <= self.widen <= 64:
+            raise ValueError(f"widen must be in [1, 64], got {self.widen}")
 
     def build(self, input_shape, num_classes) -> nn.Module:
         n = (self.depth - 4) // 6

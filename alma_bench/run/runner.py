@@ -123,7 +123,7 @@ def execute(spec: RunSpec, out: Path, device: str = "auto", progress=None,
     _build(run, channels_last, avalanche_loggers, timer)
     _restore(run, note)
     _record_config(run, env)
-    run.sink = _tensorboard(tensorboard, spec, run.rows)  # re-logs a resumed run's rows
+    run.sink = _tensorboard(tensorboard, spec, run.rows, note)  # re-logs a resumed run's rows
     run.tm.stop("setup")
     experiences = run.stream.benchmark.train_stream
     for t in range(len(run.rows), run.stream.n_megabatches):
@@ -358,13 +358,15 @@ def dependency_dirs(spec: RunSpec, out: Path) -> dict[str, Path]:
     return dirs
 
 
-def _tensorboard(log_dir, spec: RunSpec, rows: list[dict]):
-    """The run's TensorBoard sink (``<log_dir>/<suite folder>/<label>/seed<N>``), or None."""
+def _tensorboard(log_dir, spec: RunSpec, rows: list[dict], note=None):
+    """The run's TensorBoard sink (``<log_dir>/<suite folder>/<label>/seed<N>``), or None;
+    its failures are one line, never the run's (``tb.GuardedSink``)."""
     if not log_dir:
         return None
-    from alma_bench.run.tb import TensorBoardSink
+    from alma_bench.run.tb import GuardedSink, TensorBoardSink
 
     # The results folder's name (suite plus a non-default scale), as under --out: two scales
     # of one suite never share a TensorBoard run.
-    return TensorBoardSink(log_dir, spec.results_name, spec.label, spec.seed,
-                           run_id=spec.run_id, rows=rows)
+    return GuardedSink(lambda: TensorBoardSink(log_dir, spec.results_name, spec.label,
+                                               spec.seed, run_id=spec.run_id, rows=rows),
+                       lambda line: _say(note, spec, line))

@@ -157,4 +157,40 @@ def _nan(value: object) -> bool:
 def _part(text: str) -> str:
     """A label as one path component: separators replaced, everything else as written (grid
     labels like ``osp-snip[density=0.1]`` stay readable in TensorBoard's run list)."""
-    return re.sub(r"[/\\]", "_", str(text)) or "_"
+    # control characters (NUL cuts a path) and a name past the file system's 255 bytes would
+    # make the folder impossible to create
+    part = re.sub(r"[/\\\x00-\x1f\x7f]", "_", str(text))[:200]
+    return "_" if part in ("", ".", "..") else part
+
+
+class GuardedSink:
+    """A run's TensorBoard sink whose failures never fail the run: TensorBoard is not part
+    of a run's identity, so a log folder that cannot be made or written (a full disk, a
+    label the file system refuses) costs the logs, not the run. The first failure is one
+    line through ``say``; the sink is off after it."""
+
+    def __init__(self, make, say) -> None:
+        self.say, self.sink = say, None
+        self._call(lambda: setattr(self, "sink", make()))
+
+    def _call(self, fn) -> None:
+        if fn is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # any failure of the logger or of its files
+            self.sink = None
+            self.say(f"TensorBoard logging is off for this run: {type(e).__name__}: "
+                     f"{' '.join(str(e).split())[:200]}")
+
+    def __bool__(self) -> bool:
+        return self.sink is not None
+
+    def log_row(self, row: dict) -> None:
+        self._call(self.sink and (lambda: self.sink.log_row(row)))
+
+    def log_hparams(self, config: dict, summary: dict) -> None:
+        self._call(self.sink and (lambda: self.sink.log_hparams(config, summary)))
+
+    def close(self) -> None:
+        self._call(self.sink and self.sink.close)

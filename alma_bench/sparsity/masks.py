@@ -27,7 +27,7 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[s
     Layer l gets ``eps * sum(shape) / prod(shape)``; eps is solved so that the kept count equals
     ``density * total``. Layers that would exceed 1 are made dense and eps is solved again.
     """
-    density = check_density(density)
+    density = check_density(density, minimum=0.0)
     numel = {n: math.prod(int(d) for d in s) for n, s in shapes.items()}
     raw = {n: sum(s) / numel[n] for n, s in shapes.items()}
     if density >= 1.0:
@@ -157,7 +157,7 @@ class MaskSet:
 
     def layer_densities(self, density: float, distribution: str = "uniform") -> dict[str, float]:
         """Per-layer target densities for a global ``density``: ``uniform`` or ``erk``."""
-        density = check_density(density)
+        density = check_density(density, minimum=0.0)
         if distribution == "uniform":
             return {n: density for n in self._modules}
         if distribution == "erk":
@@ -238,7 +238,7 @@ class MaskSet:
         round(d * n) / n); ``scope="layer"`` keeps round(d_l * n_l) per layer, with d_l from
         :meth:`layer_densities`. Asking for more weights than are alive is a UserError.
         """
-        density = check_density(density)
+        density = check_density(density, minimum=0.0)
         if not self._modules:
             raise UserError("no prunable layers: every Conv2d/Linear layer is kept dense")
         masks = self.masks

@@ -82,7 +82,7 @@ def random_grow(mask: torch.Tensor, count: int, generator: torch.Generator | Non
 def random_layer_masks(maskset: MaskSet, density: float,
                        generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     """DSR's start: random masks with the same density (round(d * n_l) weights) in every layer."""
-    density = check_density(density)
+    density = check_density(density, minimum=0.0)
     out = {}
     for name, m in maskset.masks.items():
         keep = torch.randperm(m.numel(), generator=generator)[: round(density * m.numel())]
@@ -170,7 +170,7 @@ def set_layer_densities(maskset: MaskSet, densities: Mapping[str, float], pruner
         if name not in densities:
             continue
         n, alive = m.numel(), int(m.sum())
-        target = round(check_density(densities[name]) * n)
+        target = round(check_density(densities[name], minimum=0.0) * n)
         survive = min(alive, target)  # survivors of bringing the layer down to its target
         grow = target - survive
         if regrow_dropped:

@@ -27,15 +27,22 @@ __all__ = [
 ]
 
 
-def check_density(d: float) -> float:
-    """Return ``d`` as a float, or raise UserError unless 0 < d <= 1."""
+#: The smallest density a strategy may ask for: below it even a large network keeps no weight
+#: (a model with 0 weights "trains" to a constant guess and reports its accuracy).
+MIN_DENSITY = 1e-6
+
+
+def check_density(d: float, minimum: float = MIN_DENSITY) -> float:
+    """Return ``d`` as a float, or raise UserError unless minimum <= d <= 1 (0 < d when
+    ``minimum`` is 0: a layer's share of a global density may be smaller than a target)."""
+    rule = f"[{minimum:g}, 1]" if minimum else "(0, 1]"
     try:
         value = float(d)
     except (TypeError, ValueError):
-        raise UserError(f"density must be in (0, 1], got {d!r}") from None
+        raise UserError(f"density must be in {rule}, got {d!r}") from None
     # `not (...)` also rejects NaN, which compares false with everything.
-    if isinstance(d, bool) or not (0.0 < value <= 1.0):
-        raise UserError(f"density must be in (0, 1], got {d!r}")
+    if isinstance(d, bool) or not (0.0 < value <= 1.0 and value >= minimum):
+        raise UserError(f"density must be in {rule}, got {d!r}")
     return value
 
 

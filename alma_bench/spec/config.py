@@ -8,6 +8,7 @@ every section against the registered dataclasses, and expands one ``RunSpec`` pe
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import hashlib
@@ -24,7 +25,7 @@ import yaml
 
 from alma_bench.errors import UserError, unknown
 from alma_bench.registry import MODELS, STREAMS, build_dataclass
-from alma_bench.spec import compose, grid
+from alma_bench.spec import compose, grid, schema
 from alma_bench.spec.split import AlmaSplit
 
 
@@ -166,6 +167,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
+        # not cached: the identity includes the strategy class's revision, read each time
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -189,8 +191,7 @@ class RunSpec:
 
 
 SPLIT_KEYS = {f.name for f in dataclasses.fields(AlmaSplit)}
-SUITE_KEYS = {"name", "description", "stream", "model", "protocol", "strategies", "seeds",
-              "scales", "references", "grid"}
+SUITE_KEYS = schema.SUITE_KEYS
 
 
 def split_and_source(stream: dict):
@@ -235,12 +236,17 @@ def suite_names() -> list[str]:
 
 class SuiteLoader(yaml.SafeLoader):
     """YAML for suite files: a key given twice is an error (PyYAML keeps the last silently),
-    and ``1e-4`` is a float as in YAML 1.2 (PyYAML's 1.1 rules read it as a string)."""
+    and ``1e-4`` is a float as in YAML 1.2 (PyYAML's 1.1 rules read it as a string). Merge
+    keys (``<<: *defaults``) work as in PyYAML: keys written beside one override it."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # SafeLoader flattens these itself
+                continue
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # PyYAML's own check names it ("found unhashable key")
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}'", key_node.start_mark)
@@ -270,10 +276,12 @@ def read_suite_file(name_or_path: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"malformed suite YAML {name_or_path}{where}: "
-                        f"{getattr(e, 'problem', e)}") from None
+                        f"{getattr(e, 'problem', e)}".replace("\n", " ")) from None
+    except RecursionError:
+        raise UserError(f"suite {name_or_path} is nested too deeply") from None
     if not isinstance(raw, dict):
         raise UserError(f"suite {name_or_path} must be a YAML mapping of "
-                        f"{', '.join(sorted(SUITE_KEYS))}")
+                        f"{', '.join(sorted(SUITE_KEYS))}, got {schema.show(raw)}")
     return raw
 
 
@@ -303,6 +311,8 @@ def apply_set(raw: dict, assignment: str) -> None:
     if parts[0] == "strategies" and len(parts) in (3, 4):
         # strategies.<label>.<param>, or strategies.<label>.<part>.<param> of a composition
         entries = raw.get("strategies") or []
+        if not isinstance(entries, list):
+            raise schema.bad("strategies", entries, "a non-empty list of strategy entries")
         for i, s in enumerate(entries):
             if _label(s) == parts[1]:
                 if isinstance(s, str):  # a bare name: make it an entry that can hold params
@@ -334,40 +344,39 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
                strategies: list[str] | None = None, seeds: list[int] | None = None) -> SuiteSpec:
     """Resolve a suite by name or path into validated RunSpecs."""
     raw = read_suite_file(name_or_path)
-    bad = sorted(set(raw) - SUITE_KEYS)
-    if bad:
-        raise UserError(f"unknown suite key(s) {', '.join(bad)} in {name_or_path}. "
-                        f"Valid: {', '.join(sorted(SUITE_KEYS))}")
+    # the shape of the document, checked before anything indexes into it (spec/schema.py);
+    # again after every edit, since --scale and --set may replace whole sections
+    schema.check(raw, name_or_path)
     scales = raw.get("scales") or {}
     if scale is not None:
         if scale not in scales:
             raise unknown("scale", scale, scales)
-        raw = deep_merge(raw, scales[scale])
+        raw = deep_merge(raw, scales[scale] or {})
+        schema.check(raw, f"{name_or_path} with --scale {scale}")
     for s in sets:
         apply_set(raw, s)
-    name = raw.get("name") or Path(name_or_path).stem
-    specs = raw.get("strategies")
-    if not isinstance(specs, list) or not specs:
-        raise UserError(f"suite {name} needs a non-empty list 'strategies'")
-    seed_list = seeds if seeds is not None else raw.get("seeds", [0])
-    if not isinstance(seed_list, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
-        raise UserError(f"seeds must be a list of non-negative integers, got {seed_list!r}")
-    for section in ("stream", "model", "protocol"):
-        if not isinstance(raw.get(section) or {}, dict):
-            raise UserError(f"suite section '{section}' must be a mapping, got "
-                            f"{raw.get(section)!r}")
+        schema.check(raw, f"{name_or_path} after --set {s}")
+    name = raw.get("name") or schema.name_from_stem(Path(name_or_path).stem)
+    seed_list = schema.check_seeds(seeds, "--seeds") if seeds is not None else raw.get(
+        "seeds", [0])
 
     sweep = grid.suite_grid(raw, _label)  # strategies.<label>.<param> keys go to entries
     grid.check_keys(sweep, _grid_keys(raw, sweep), "suite grid")
     # (label, entry label, strategy, params, sections, combination): combinations of the
     # suite grid outermost, so each one reads like a small suite of its own
     resolved = []
+    entries = _entries(raw["strategies"])  # the same for every combination but for labels
+    memo: dict = {}  # a combination's sections, resolved once per distinct value
     for n, values in enumerate(grid.combinations(sweep)):
-        sections = _sections(grid.assigned(raw, values))
-        resolved += [(*e, sections, n) for e in _entries(raw["strategies"], values)]
+        sections = _sections(grid.assigned(raw, values), memo)
+        resolved += [(grid.label(base, {**combo, **values}), base, sname, sparams, sections, n)
+                     for base, combo, sname, sparams in entries]
     labels = [r[0] for r in resolved]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
+    for label in labels:  # a grid value is part of its label
+        if schema.CONTROL.search(label):
+            raise UserError(f"strategy label {schema.show(label)} holds a control character "
+                            "(an ANSI escape or NUL); labels are printed and name folders")
+    dup = sorted(x for x, k in collections.Counter(labels).items() if k > 1)
     if dup:
         raise UserError(f"duplicate strategy label(s) {', '.join(dup)}: give each a 'label'")
     if strategies:
@@ -398,26 +407,44 @@ def load_suite(name_or_path: str, scale: str | None = None, sets: list[str] = ()
                      list(seed_list), scale, sorted(scales))
 
 
-def _sections(raw: dict) -> tuple[dict, dict, dict]:
-    """The resolved stream, model and protocol of a suite (one grid combination's)."""
-    stream = dict(raw.get("stream") or {})
+def _sections(raw: dict, memo: dict | None = None) -> tuple[dict, dict, dict]:
+    """The resolved stream, model and protocol of a suite (one grid combination's). ``memo``
+    keeps each section resolved per distinct value: a grid of 10,000 points has only as many
+    distinct sections as its values (runs then share those dicts; nothing edits them)."""
+    memo = {} if memo is None else memo
+    out = []
+    for section, resolve in (("stream", _stream), ("model", _model), ("protocol", _protocol)):
+        value = raw.get(section) or {}
+        key = (section, json.dumps(value, sort_keys=True, default=repr))
+        if key not in memo:
+            memo[key] = resolve(dict(value))
+        out.append(memo[key])
+    return tuple(out)
+
+
+def _stream(stream: dict) -> dict:
     split, source, params = split_and_source(stream)
     STREAMS.create(source, **params)  # validate now, load later
-    stream = {"name": source, **dataclasses.asdict(split), **params,
-              **({"seed": stream["seed"]} if "seed" in stream else {})}
-    model = dict(raw.get("model") or {})
+    return {"name": source, **dataclasses.asdict(split), **params,
+            **({"seed": stream["seed"]} if "seed" in stream else {})}
+
+
+def _model(model: dict) -> dict:
     if "name" not in model:
         raise UserError(f"model section needs a 'name'. Valid: {', '.join(MODELS.names())}")
     m_name = model.pop("name")
     # a model field in the class's later_params is recorded only when set (no run id moved)
-    model = {"name": m_name, **compose.resolved_params(MODELS.create(m_name, **model))}
-    protocol = dataclasses.asdict(build_dataclass(Protocol, raw.get("protocol") or {}, "protocol"))
-    return stream, model, protocol
+    return {"name": m_name, **compose.resolved_params(MODELS.create(m_name, **model))}
 
 
-def _entries(specs: list, values: dict) -> list[tuple[str, str, str, dict]]:
-    """(label, entry label, strategy name, resolved params) of every entry and combination
-    of its own grid; the suite grid's ``values`` are named in each label too."""
+def _protocol(protocol: dict) -> dict:
+    return dataclasses.asdict(build_dataclass(Protocol, protocol, "protocol"))
+
+
+def _entries(specs: list) -> list[tuple[str, dict, str, dict]]:
+    """(entry label, its grid combination, strategy name, resolved params) of every entry
+    and combination of its own grid; a run's label is the entry label named with the
+    combination's values and the suite grid's (``grid.label``)."""
     out = []
     for s in specs:
         s = {"name": s} if isinstance(s, str) else dict(s)
@@ -432,8 +459,7 @@ def _entries(specs: list, values: dict) -> list[tuple[str, str, str, dict]]:
         grid.check_keys(own, compose.param_keys(name), f"strategy '{name}'")
         for combo in grid.combinations(own):  # a grid value overrides the same param
             obj = compose.create(name, compose.merge(name, s.get("params") or {}, combo))
-            out.append((grid.label(base, {**combo, **values}), base, name,
-                        compose.resolved_params(obj)))
+            out.append((base, combo, name, compose.resolved_params(obj)))
     return out
 
 

@@ -71,6 +71,11 @@ class RunDir:
         if status["state"] != "done":
             return str(status["state"]), []
         problems = []
+        config = read_json(self.config)
+        if not isinstance(config, dict) or config.get("run_id") != self.path.name:
+            # readers skip such a run; resuming from the final checkpoint rewrites it (no
+            # megabatch is trained again)
+            problems.append("config.json is missing or damaged")
         if not isinstance(read_json(self.summary), dict):
             problems.append("summary.json is missing or unreadable")
         want = status.get("metrics_sha256")
