@@ -119,9 +119,11 @@ def test_copies_and_links_of_one_run_count_once(pruned, tmp_path, capsys):
 def test_edited_plugin_is_a_new_run_and_rerun_retrains(pruned, tmp_path, capsys):
     tmp, _, _, _ = pruned
     plugin = tmp_path / "my_pruner.py"
-    plugin.write_text(readme_code("pruning-example"))
+    # its own name: one process may not hold two plugin files that register one name (the
+    # fixture's file, at another path, registered "prune-ten")
+    plugin.write_text(readme_code("pruning-example").replace('"prune-ten"', '"prune-ten-b"'))
     suite = write_suite(tmp_path / "tiny.yaml", stream={**STREAM, "megabatches": 2},
-                        protocol=PROTOCOL, strategies=["prune-ten"])
+                        protocol=PROTOCOL, strategies=["prune-ten-b"])
     out = tmp_path / "o"
     args = ["run", str(suite), "--plugin", str(plugin), "--out", str(out), "--quiet"]
     assert main(args) == 0
@@ -138,7 +140,7 @@ def test_edited_plugin_is_a_new_run_and_rerun_retrains(pruned, tmp_path, capsys)
     config = json.loads((Path(runs["path"].iloc[0]) / "config.json").read_text())
     assert "entry_points" in config["provenance"]
     capsys.readouterr()
-    assert main([*args, "--rerun", "prune-ten"]) == 0
+    assert main([*args, "--rerun", "prune-ten-b"]) == 0
     assert "trains again from megabatch 1" in capsys.readouterr().err
     assert main([*args, "--rerun", "nope"]) == 2
 
