@@ -111,7 +111,7 @@ def _gpu_memory(args, workers: int) -> float | None:
     """The fraction of GPU memory one run may allocate: asked, or shared out when several
     runs share a GPU (N pool workers, or a fractional --ray-gpus); 10% stays for the CUDA
     contexts, which PyTorch's allocator does not count."""
-    if args.gpu_memory is not None:
+    if getattr(args, "gpu_memory", None) is not None:
         return args.gpu_memory
     from alma_bench.execute.executors import _wants_cuda
 
@@ -183,7 +183,8 @@ def _execute(todo, args, out):
               channels_last=args.channels_last, tensorboard=args.tensorboard,
               env=invocation(args.plugin), retry_failed=args.retry_failed, wait=args.wait,
               gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers,
-              retries=args.retries, lock_timeout=args.lock_timeout,
+              # (the cluster options, absent from a namespace made without the parser)
+              retries=getattr(args, "retries", 3), lock_timeout=getattr(args, "lock_timeout", None),
               gpu_memory=_gpu_memory(args, _workers(args.workers, len(todo), args.threads)))
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
                     position=0, leave=True)
