@@ -21,6 +21,7 @@ from pathlib import Path
 from alma_bench.analysis.commands import cmd_compare, cmd_report, cmd_show
 from alma_bench.errors import UserError
 from alma_bench.execute.commands import cmd_run, cmd_train_agent
+from alma_bench.execute.options import EXECUTORS, add_cluster_options
 
 KINDS = ("suites", "strategies", "streams", "models", "pruners", "schedules")
 
@@ -166,18 +167,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None,
                    help="parallel runs in a process pool (default: cores / threads, at most "
                         "one per run)")
-    r.add_argument("--executor", choices=("local", "ray"), default="local")
+    r.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local (this process or a pool), ray, or slurm (through submitit)")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (executor ray)")
     r.add_argument("--ray-gpus", type=float, default=None, metavar="N",
                    help="GPUs per run as a Ray task (default: 1 when the device is CUDA, else 0)")
     r.add_argument("--rerun", default=None, metavar="LABEL[,LABEL]|all",
                    help="train these runs again from scratch even when done (an entry's "
                         "label covers its grid expansions)")
+    add_cluster_options(r)
     r.add_argument("--retry-failed", action="store_true",
                    help="rerun runs that failed before (without it they are skipped and listed)")
     r.add_argument("--no-wait", dest="wait", action="store_false",
                    help="skip runs another alma-bench process is training instead of waiting "
-                        "for them")
+                        "for them; with --executor slurm, submit and return at once")
     r.add_argument("--threads", type=_threads, default="auto", metavar="N|auto",
                    help="torch threads per run. auto (default): cores // runs when the "
                         "invocation has fewer runs than cores, else 1 (1 under Ray). Part of "

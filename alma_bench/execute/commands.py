@@ -24,12 +24,15 @@ def cmd_run(args) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.ray_gpus is not None and args.ray_gpus < 0:
         raise UserError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
+    _check_cluster_args(args)
     strategies = args.strategies.split(",") if args.strategies else None
-    ray_auto = args.executor == "ray" and args.threads == "auto"  # a Ray task: 1 CPU each
+    # a Ray or SLURM task: 1 CPU each (the login node's cores say nothing of the nodes')
+    remote_auto = args.executor in ("ray", "slurm") and args.threads == "auto"
     suite = plan(args.suite, args.scale, args.sets, strategies, _ints(args.seeds, "--seeds"),
-                 threads=1 if ray_auto else args.threads)
-    threads, why = choose_threads(1 if ray_auto else args.threads, suite.runs)  # cached
-    why = "auto: one CPU per Ray task" if ray_auto else why
+                 threads=1 if remote_auto else args.threads)
+    threads, why = choose_threads(1 if remote_auto else args.threads, suite.runs)  # cached
+    if remote_auto:
+        why = f"auto: one CPU per {'Ray' if args.executor == 'ray' else 'SLURM'} task"
     args.threads = threads  # resolved: the pool is sized by it (_execute)
     out = Path(args.out)
     states = {s.run_id: RunDir(out, s.results_name, s.run_id).inspect()[0] for s in suite.runs}
@@ -54,7 +57,8 @@ def cmd_run(args) -> int:
               + f": {len(suite.runs) - len(todo)} done, {len(todo)} would train on {dev}; "
               f"results in {out / suite.results_name}")
         workers = _workers(args.workers, len(todo), threads)
-        where = ("as Ray tasks" if args.executor == "ray" else "1 worker (this process)"
+        where = ("as Ray tasks" if args.executor == "ray" else "as a SLURM job array"
+                 if args.executor == "slurm" else "1 worker (this process)"
                  if workers == 1 else f"{workers} workers")
         print(f"{threads} torch thread{'s' if threads != 1 else ''} per run ({why}); "
               f"{where}")
@@ -72,7 +76,7 @@ def cmd_run(args) -> int:
     _forget(suite.runs, rerun, states, out)
     _note_reused(suite.runs, todo, out, args)
     done = len(suite.runs) - len(todo)
-    bad = []
+    bad, queued = [], []
     if not todo:
         print(f"all {len(suite.runs)} runs of suite '{suite.name}' were already done "
               f"(results in {out / suite.results_name})")
@@ -84,8 +88,10 @@ def cmd_run(args) -> int:
                   + (f", {failed} failed before (skipped)" if failed else "")
                   + f"; running {len(todo) - failed}")
         results = _execute(todo, args, out)
-        bad = [(s, o) for s, o in results if o.state != "done"]
-    finished = {s.run_id for s in suite.runs} - {s.run_id for s, _ in bad}
+        bad = [(s, o) for s, o in results if o.state not in ("done", "queued")]
+        queued = [s for s, o in results if o.state == "queued"]  # slurm --no-wait
+    finished = {s.run_id for s in suite.runs} - {s.run_id for s, _ in bad} - {
+        s.run_id for s in queued}
     if finished:  # only this invocation's runs: the folder may hold other --set variants
         from alma_bench.analysis.commands import cmd_show
 
@@ -157,6 +163,36 @@ def _forget(runs, rerun: set[str], states: dict, out: Path) -> None:
             lock.release()
 
 
+def _check_cluster_args(args) -> None:
+    if args.retries < 0:
+        raise UserError(f"--retries must be >= 0, got {args.retries}")
+    if args.lock_timeout is not None and args.lock_timeout <= 0:
+        raise UserError(f"--lock-timeout must be > 0 seconds, got {args.lock_timeout}")
+    if args.gpu_memory is not None and not 0 < args.gpu_memory <= 1:
+        raise UserError(f"--gpu-memory must be a fraction in (0, 1], got {args.gpu_memory}")
+    if args.lock_timeout is not None:  # this process's locks too (the driver's takeovers)
+        from alma_bench.store.locks import TIMEOUT_ENV
+
+        os.environ[TIMEOUT_ENV] = str(args.lock_timeout)
+
+
+def _gpu_memory(args, workers: int) -> float | None:
+    """The fraction of GPU memory one run may allocate: asked, or shared out when several
+    runs share a GPU (N pool workers, or a fractional --ray-gpus); 10% stays for the CUDA
+    contexts, which PyTorch's allocator does not count."""
+    if getattr(args, "gpu_memory", None) is not None:
+        return args.gpu_memory
+    from alma_bench.execute.executors import _wants_cuda
+
+    if not _wants_cuda(args.device):
+        return None
+    if args.executor == "ray":
+        return 0.9 * args.ray_gpus if args.ray_gpus and args.ray_gpus < 1 else None
+    if args.executor == "local" and workers > 1:
+        return 0.9 / workers
+    return None
+
+
 def _ints(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
@@ -221,7 +257,10 @@ def _execute(todo, args, out):
     job = Job(out=out, device=args.device, plugins=tuple(args.plugin or ()),
               channels_last=args.channels_last, tensorboard=args.tensorboard,
               env=invocation(args.plugin), retry_failed=args.retry_failed, wait=args.wait,
-              gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers)
+              gpus=args.ray_gpus, avalanche_loggers=args.avalanche_loggers,
+              # (the cluster options, absent from a namespace made without the parser)
+              retries=getattr(args, "retries", 3), lock_timeout=getattr(args, "lock_timeout", None),
+              gpu_memory=_gpu_memory(args, _workers(args.workers, len(todo), args.threads)))
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.quiet,
                     position=0, leave=True)
     mb_bar = None  # the megabatches of the run in progress (serial runs only)
@@ -282,6 +321,11 @@ def _execute(todo, args, out):
         hooks = dict(on_done=on_done, on_failed=on_failed, say=say)
         if args.executor == "ray":
             return run_ray(todo, job, args.ray_address, **hooks)
+        if args.executor == "slurm":
+            from alma_bench.execute.options import slurm_options
+            from alma_bench.execute.slurm import run_slurm
+
+            return run_slurm(todo, job, slurm_options(args), **hooks)
         if (workers := _workers(args.workers, len(todo), args.threads)) > 1:
             return run_pool(todo, job, workers, on_progress=on_progress, **hooks)
         return run_serial(todo, job, on_megabatch=on_megabatch, **hooks)

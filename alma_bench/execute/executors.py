@@ -1,4 +1,5 @@
-"""Where runs execute: in this process, a local process pool, or a Ray cluster.
+"""Where runs execute: in this process, a local process pool, a Ray cluster, or SLURM
+(alma_bench/execute/slurm.py, which runs each task's runs with ``run_serial``).
 
 Each executor takes RunSpecs and returns (spec, Outcome) pairs; a run's result directory is
 its only output, so executors are interchangeable and a killed suite resumes where it was.
@@ -61,6 +62,13 @@ class Job:
     retry_failed: bool = False  # rerun runs that failed before this invocation started
     wait: bool = True  # a run another process is training: wait for it (else skip it)
     gpus: float | None = None  # GPUs per Ray task (default: 1 when the device is CUDA)
+    # a Ray task whose worker or node died is run again this many times (it resumes from its
+    # last finished megabatch); a run that raises is recorded as failed, never retried
+    retries: int = 3
+    # the fraction of a GPU's memory one run may allocate (several runs per GPU): PyTorch's
+    # caching allocator raises out-of-memory in that run beyond it, not in its neighbours
+    gpu_memory: float | None = None
+    lock_timeout: float | None = None  # seconds without a heartbeat: another node's lock is stale
     avalanche_loggers: str | None = None  # Avalanche's metrics and loggers (changes no number)
     started: float = field(default_factory=time.time)
 
@@ -98,6 +106,7 @@ def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
 
     global _in_run
     notes: list[str] = []
+    _settings(job)
     rd = RunDir(job.out, spec.results_name, spec.run_id)
     _in_run = True
     # Held back, in a worker process as in this one: third-party libraries warn inside runs
@@ -114,6 +123,22 @@ def _execute(spec: RunSpec, job: Job, progress=None, note=None) -> Outcome:
     outcome.warnings = list(dict.fromkeys(
         (str(w.message), w.category, w.filename, w.lineno) for w in held))
     return outcome
+
+
+def _settings(job: Job) -> None:
+    """The invocation's settings in this process, which may be a worker on another node: the
+    lock timeout (read by alma_bench/store/locks.py) and the bound on GPU memory."""
+    from alma_bench.store.locks import TIMEOUT_ENV
+
+    if job.lock_timeout is not None:
+        os.environ[TIMEOUT_ENV] = str(job.lock_timeout)
+    if job.gpu_memory is not None and _wants_cuda(job.device):
+        import torch
+
+        from alma_bench.run.device import resolve_device
+
+        dev = resolve_device(job.device)
+        torch.cuda.set_per_process_memory_fraction(job.gpu_memory, dev)
 
 
 def _locked(spec, job, rd, progress, say) -> Outcome:
@@ -396,16 +421,23 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 def run_ray(specs, job: Job, address: str | None = None, on_done=None, on_failed=None,
             say=None):
     """Runs as Ray tasks on a local instance or the cluster at ``address``: ``threads`` CPUs
-    each and ``job.gpus`` GPUs (default 1 when the device is CUDA). A run is submitted once the
-    runs it depends on have finished; a task whose worker dies is recorded as failed."""
+    each and ``job.gpus`` GPUs (default 1 when the device is CUDA; a fraction puts several runs
+    on one GPU). A run is submitted once the runs it depends on have finished.
+
+    A task whose worker or node dies is retried by Ray (``job.retries`` times) on a node
+    that is alive, and the run resumes from its last finished megabatch. The dead node's lock
+    is still on the run: the retry finds the run ``busy`` and this driver waits until the lock
+    is stale (no heartbeat for ``--lock-timeout`` s; at once when the dead worker was on this
+    node), then submits it again. A run that raises is recorded as failed, not retried."""
     try:
         import ray
     except ImportError:
         raise UserError("executor 'ray' needs Ray: pip install 'alma-bench[ray]'") from None
     _ray_init(ray, address)
     gpus = job.gpus if job.gpus is not None else float(_wants_cuda(job.device))
-    # max_retries=0: a crashed run is reported, not silently trained twice
-    task = ray.remote(max_retries=0)(_ray_task)
+    # retried only when a worker or node dies (a run resumes, it is never trained twice);
+    # a run's own exception is already an Outcome, so retry_exceptions stays off
+    task = ray.remote(max_retries=job.retries, retry_exceptions=False)(_ray_task)
     sched = _Schedule(specs, job, on_done, on_failed, say)
     refs: dict = {}
     try:
@@ -422,7 +454,8 @@ def run_ray(specs, job: Job, address: str | None = None, on_done=None, on_failed
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    outcome = _died(s, job, f"its Ray task died ({type(e).__name__})")
+                    outcome = _died(s, job, f"its Ray task died ({type(e).__name__}, after "
+                                            f"{job.retries} retries)")
                 sched.finish(s, outcome)
     except BaseException:
         for ref in refs:

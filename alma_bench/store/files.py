@@ -198,14 +198,15 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGINT, SIGTERM and SIGHUP back until the block is done, then deliver them: a
-    Ctrl-C never lands between the files of one megabatch. (Only the main thread can do
-    this.)"""
+    """Hold SIGINT, SIGTERM, SIGHUP and the preemption signals SIGUSR1/SIGUSR2 (SLURM's
+    warning before a timeout, which submitit turns into a requeue and an exit) back until the
+    block is done, then deliver them: no signal lands between the files of one megabatch.
+    (Only the main thread can do this.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     got: list[int] = []
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
     old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in sigs}
     try:
         yield

@@ -4,8 +4,13 @@ run once (the others wait for it and reuse its result, or skip it).
 The lock is a file created with O_CREAT|O_EXCL (atomic on local file systems and NFSv3+) that
 holds its owner's host, pid and the pid's start time. A lock is stale when its owner is gone:
 on this host, the pid is dead or belongs to a newer process (pid reuse); on another host, the
-owner stopped refreshing the file (a heartbeat thread touches it every HEARTBEAT s) for
-STALE_AFTER s.
+owner stopped refreshing the file (a heartbeat thread touches it every HEARTBEAT s, or a
+fifth of the timeout if that is shorter) for ``stale_after()`` s: STALE_AFTER (300) unless
+``$ALMA_BENCH_LOCK_TIMEOUT`` (``alma-bench run --lock-timeout``) says otherwise. Every process
+sharing a results folder must use the same timeout, or a slow heartbeat looks like a dead one.
+A node is told apart by its host name, or by ``$ALMA_BENCH_NODE`` where several nodes share one
+(containers with one host name, a test cluster on one machine): a pid is only checked on the
+node that wrote it.
 A stale lock is taken over under an flock of the run folder, after re-reading its owner, so
 two processes never both take over the same lock.
 """
@@ -22,11 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alma_bench.errors import store_error
+from alma_bench.errors import UserError, store_error
 
-HOST = socket.gethostname()
+HOST = os.environ.get("ALMA_BENCH_NODE") or socket.gethostname()
 HEARTBEAT = 30.0
 STALE_AFTER = 300.0
+TIMEOUT_ENV = "ALMA_BENCH_LOCK_TIMEOUT"
 WRITING_GRACE = 10.0  # an empty lock file younger than this is being written by its creator
 
 
@@ -94,13 +100,33 @@ def _age(path: Path) -> float:
         return 0.0
 
 
+def stale_after() -> float:
+    """Seconds without a heartbeat after which another node's lock is stale."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return STALE_AFTER
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise UserError(f"${TIMEOUT_ENV} (--lock-timeout) must be a positive number of "
+                        f"seconds, got '{text}'")
+    return value
+
+
+def heartbeat_every() -> float:
+    """Seconds between touches of a held lock: several per timeout, at most HEARTBEAT."""
+    return min(HEARTBEAT, stale_after() / 5)
+
+
 def is_stale(owner: Owner, path: Path) -> bool:
     age = _age(path)
     if owner.pid == 0:
         return age > WRITING_GRACE
     if owner.host == HOST:  # known for sure here: a stopped (Ctrl-Z) owner still owns it
         return not _alive(owner)
-    return age > STALE_AFTER
+    return age > stale_after()
 
 
 @contextlib.contextmanager
@@ -138,11 +164,12 @@ class RunLock:
                 os.unlink(self.path)
             raise store_error(self.path, e) from None
         self._stop = threading.Event()
-        threading.Thread(target=self._heartbeat, args=(self._stop,), daemon=True).start()
+        threading.Thread(target=self._heartbeat, args=(self._stop, heartbeat_every()),
+                         daemon=True).start()
         return True
 
-    def _heartbeat(self, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT):
+    def _heartbeat(self, stop: threading.Event, every: float) -> None:
+        while not stop.wait(every):
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
