@@ -226,12 +226,12 @@ def test_keep_dense_takes_1x1_convs_out():
 
 def test_the_swap_defaults_are_sets_recorded_and_move_the_run_id(tmp_path):
     """The swap's defaults are SET's as RigL runs it (drop_by magnitude, regrow_dropped true);
-    every field is recorded and the strategy revision is 2, so no run made under the old
-    defaults (drop_by pruner, regrowth never on just-dropped weights) is reused; each choice
-    moves the id."""
-    for name in ["prune-regrow", "rl-schedule"]:
+    every field is recorded and the strategy revision is at least 2 (rl-schedule's 3: its
+    agents' networks train as a run's), so no run made under the old defaults (drop_by
+    pruner, regrowth never on just-dropped weights) is reused; each choice moves the id."""
+    for name, revision in [("prune-regrow", 2), ("rl-schedule", 3)]:
         cls = STRATEGIES.get(name).cls
-        assert cls.revision == 2 and not getattr(cls, "later_params", {})
+        assert cls.revision == revision and not getattr(cls, "later_params", {})
         defaults = STRATEGIES.get(name).params()
         assert defaults["drop_by"] == "magnitude" and defaults["regrow_dropped"] is True
         ids, params = [], []

@@ -73,12 +73,16 @@ def test_estimated_megabatch_sizes_follow_the_split(tmp_path, replay):
 def test_strategy_cost_factors(tmp_path):
     suite = write_suite(tmp_path / "s.yaml", strategies=[
         "dense", {"name": "imp", "params": {"levels": 2}},
-        {"name": "rl-schedule", "params": {"episodes": 4, "train_fraction": 0.5}}])
-    dense, imp, rl = load_suite(str(suite)).runs
+        {"name": "rl-schedule", "params": {"episodes": 4}},
+        {"name": "rl-schedule", "label": "half", "params": {"episodes": 4, "train_fraction": 0.5,
+                                                           "reward_images": None}}])
+    dense, imp, rl, half = load_suite(str(suite)).runs
     sizes = train_sizes(dense)
     assert cost.strategy_factor(dense) == 1.0
     assert cost.strategy_factor(imp) == pytest.approx(1 + 2 * sizes[0] / sum(sizes))
-    assert cost.strategy_factor(rl) == pytest.approx(1 + 4 * 0.5)
+    # episodes of the run's own length; on half the pool, half the samples per step's data
+    assert cost.strategy_factor(rl) == pytest.approx(1 + 4)
+    assert cost.strategy_factor(half) == pytest.approx(1 + 4 * 0.5)
 
 
 def test_runs_sharing_an_agent_start_one_agent_per_worker_first(tmp_path):
