@@ -168,3 +168,18 @@ def test_format_ratio():
     text = iv.format_ratio(s)
     assert text.startswith("1.000 [0.990, 1.010]") and "12 blocks" in text and "precise" in text
     assert iv.format_ratio(None) == "-"
+
+
+def test_agreement_of_repeated_measurements():
+    from alma_bench.perf.agree import agreement
+
+    def result(med, lo, hi):
+        return {"interleaved": {"ratios": {"h/b": {"median": med, "ci": [lo, hi],
+                                                   "precise": True}}}}
+
+    good = [result(1.00, 0.98, 1.02), result(1.01, 0.99, 1.03), result(0.995, 0.975, 1.015)]
+    a = agreement(good)["h/b"]
+    assert a["within"] and a["covered"] and a["precise"]
+    bad = [*good, result(1.08, 1.06, 1.10)]  # 8% off: outside +-3%, intervals disjoint
+    a = agreement(bad)["h/b"]
+    assert not a["within"] and not a["covered"]
