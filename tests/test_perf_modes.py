@@ -91,3 +91,27 @@ def test_perf_run_reports_an_interval_over_pairs(tmp_path, monkeypatch):
         assert r["passes"][part]["images"] > 0 and r["passes"][part]["seconds"] >= 0
     rows = dict(perf_run.format_rows(r))
     assert any("95% interval over the pairs" in k for k in rows)
+
+
+def test_gpu_check_records_a_failing_part_and_saves_as_it_goes(tmp_path, monkeypatch):
+    def fail_on_second(suite, device, tiny, epochs):
+        if suite == gpu.PUBLISHED[1]:
+            raise RuntimeError("no deterministic kernel for this op")
+        return {"suite": suite, "scale": "paper", "label": "dense", "seed": 0, "model": "m",
+                "data": "synthetic", "epochs": 1, "identical": True, "differing_fields": [],
+                "seconds": [1.0, 1.0], "test_acc": 0.5}
+
+    monkeypatch.setattr(gpu, "_determinism_one", fail_on_second)
+    monkeypatch.setattr(gpu, "_throughput_one", lambda name, *a: {
+        "model": name, "batch_size": 2, "samples": 4, "train_s": 1.0, "images_per_s": 4.0})
+    monkeypatch.setattr(gpu, "concurrency", lambda *a, **k: [
+        {"runs": 1, "wall_s": 1.0, "ok": True, "n_times_one_s": 1.0, "speedup": 1.0}])
+    saved = []
+    r = gpu.check(_args("--gpu-check", "--device", "cpu", "--gpu-tiny"),
+                  save=lambda r: saved.append(json.dumps(r)))
+    assert len(saved) == 2 + len(gpu.MODELS) + 1  # after each suite, each model, the end
+    assert not json.loads(saved[0])["complete"] and r["complete"]
+    assert not r["all_identical"]
+    assert "no deterministic kernel" in r["determinism"][1]["error"]
+    text = gpu.format_report(r, "cmd")
+    assert "FAILED: RuntimeError: no deterministic kernel" in text

@@ -109,78 +109,105 @@ def _data_or_synthetic(spec, tiny: bool):
     return dataclasses.replace(spec, stream=stream), f"synthetic instead of {source} ({why})"
 
 
-def determinism(device: str, tiny: bool, epochs: int | None, suites=PUBLISHED) -> list[dict]:
+def determinism(device: str, tiny: bool, epochs: int | None, suites=PUBLISHED,
+                save=None) -> list[dict]:
+    """One megabatch of each suite's first run, twice; ``save()`` after each suite."""
+    out = []
+    for suite in suites:
+        print(f"  determinism: {suite}", file=sys.stderr)
+        try:
+            out.append(_determinism_one(suite, device, tiny, epochs))
+        except Exception as e:  # e.g. an op with no deterministic CUDA kernel: say which
+            out.append({"suite": suite, "identical": False, "error": _error(e),
+                        "differing_fields": [], "seconds": []})
+        if save:
+            save()
+    return out
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip()[:400]}"
+
+
+def _determinism_one(suite: str, device: str, tiny: bool, epochs: int | None) -> dict:
     from alma_bench.run import runner
     from alma_bench.store.files import read_rows
     from alma_bench.store.rundir import RunDir
 
-    out = []
-    for suite in suites:
-        print(f"  determinism: {suite}", file=sys.stderr)
-        spec, scale = _first_run(suite, tiny, epochs)
-        spec, data = _data_or_synthetic(spec, tiny)
-        if tiny:
-            spec = dataclasses.replace(spec, model={"name": "small-cnn", "width": 4})
-        rows, secs = [], []
-        with tempfile.TemporaryDirectory(prefix="alma-gpu-det-") as tmp:
-            for i in range(2):
-                t0 = time.perf_counter()
-                try:
-                    runner.execute(spec, Path(tmp) / str(i), device, progress=_stop_after_first)
-                except _OneMegabatch:
-                    pass
-                secs.append(time.perf_counter() - t0)
-                got = read_rows(RunDir(Path(tmp) / str(i), spec.results_name, spec.run_id).metrics)
-                rows.append({k: v for k, v in got[0].items() if k != "wall_time"})
-        # as JSON text: NaN equals NaN, and nested values compare exactly
-        diff = sorted(k for k in rows[0] | rows[1]
-                      if json.dumps(rows[0].get(k)) != json.dumps(rows[1].get(k)))
-        out.append({"suite": suite, "scale": scale or "(default)", "label": spec.label,
-                    "seed": spec.seed, "model": spec.model["name"], "data": data,
-                    "epochs": spec.protocol.get("epochs"), "identical": not diff,
-                    "differing_fields": diff, "seconds": secs,
-                    "test_acc": rows[0].get("test_acc")})
-    return out
+    spec, scale = _first_run(suite, tiny, epochs)
+    spec, data = _data_or_synthetic(spec, tiny)
+    if tiny:
+        spec = dataclasses.replace(spec, model={"name": "small-cnn", "width": 4})
+    rows, secs = [], []
+    with tempfile.TemporaryDirectory(prefix="alma-gpu-det-") as tmp:
+        for i in range(2):
+            t0 = time.perf_counter()
+            try:
+                runner.execute(spec, Path(tmp) / str(i), device, progress=_stop_after_first)
+            except _OneMegabatch:
+                pass
+            secs.append(time.perf_counter() - t0)
+            got = read_rows(RunDir(Path(tmp) / str(i), spec.results_name, spec.run_id).metrics)
+            rows.append({k: v for k, v in got[0].items() if k != "wall_time"})
+    # as JSON text: NaN equals NaN, and nested values compare exactly
+    diff = sorted(k for k in rows[0] | rows[1]
+                  if json.dumps(rows[0].get(k)) != json.dumps(rows[1].get(k)))
+    return {"suite": suite, "scale": scale or "(default)", "label": spec.label,
+            "seed": spec.seed, "model": spec.model["name"], "data": data,
+            "epochs": spec.protocol.get("epochs"), "identical": not diff,
+            "differing_fields": diff, "seconds": secs, "test_acc": rows[0].get("test_acc")}
 
 
-def throughput(device: str, tiny: bool, models=MODELS, threads: int = 1) -> list[dict]:
-    """Training images/s of one dense run per model, after a warm-up run of the same model."""
-    from alma_bench.run import runner
-    from alma_bench.run.timing import Breakdown
-    from alma_bench.spec.config import RunSpec
-
+def throughput(device: str, tiny: bool, models=MODELS, threads: int = 1, save=None
+               ) -> list[dict]:
+    """Training images/s of one dense run per model, after a warm-up run of the same model;
+    ``save()`` after each model."""
     n, bs = (32, 16) if tiny else (8192, 128)
     out = []
     for name in models:
         print(f"  throughput: {name}", file=sys.stderr)
-        rates = []
-        # a warm-up run (kernels, allocator, cuDNN's choices), then the measured one
-        for n_train in ((n,) if tiny else (max(2 * bs, n // 8), n)):
-            stream = {"name": "synthetic", "n_train": n_train, "n_test": bs, "classes": 10,
-                      "channels": 3, "size": 32, "megabatches": 1, "replay": "all",
-                      "val_fraction": 0.0}
-            protocol = {"epochs": 1, "batch_size": bs, "lr": 0.05, "momentum": 0.9,
-                        "weight_decay": 5e-4, "augment": True, "patience": None,
-                        "eval_batch_size": 1024}
-            spec = RunSpec(suite="perf-gpu", label=name, seed=0, stream=stream,
-                           model={"name": name}, protocol=protocol, threads=threads,
-                           strategy={"name": "dense", "params": {}})
-            timer = Breakdown()
-            with tempfile.TemporaryDirectory(prefix="alma-gpu-tp-") as tmp:
-                runner.execute(spec, Path(tmp), device, timer=timer)
-                from alma_bench.store.files import read_rows
-                from alma_bench.store.rundir import RunDir
-
-                rows = read_rows(RunDir(Path(tmp), spec.results_name, spec.run_id).metrics)
-            train_s = timer.result()["seconds"]["training"]
-            rates.append((rows[-1]["samples_seen"], train_s))
-        samples, secs = rates[-1]
-        out.append({"model": name, "batch_size": bs, "samples": samples, "train_s": secs,
-                    "images_per_s": samples / secs if secs else None})
+        try:
+            out.append(_throughput_one(name, device, tiny, n, bs, threads))
+        except Exception as e:
+            out.append({"model": name, "batch_size": bs, "error": _error(e),
+                        "images_per_s": None})
+        if save:
+            save()
     return out
 
 
-def concurrency(device: str, tiny: bool, workers=WORKERS) -> list[dict]:
+def _throughput_one(name: str, device: str, tiny: bool, n: int, bs: int, threads: int) -> dict:
+    from alma_bench.run import runner
+    from alma_bench.run.timing import Breakdown
+    from alma_bench.spec.config import RunSpec
+    from alma_bench.store.files import read_rows
+    from alma_bench.store.rundir import RunDir
+
+    rates = []
+    # a warm-up run (kernels, allocator, cuDNN's choices), then the measured one
+    for n_train in ((n,) if tiny else (max(2 * bs, n // 8), n)):
+        stream = {"name": "synthetic", "n_train": n_train, "n_test": bs, "classes": 10,
+                  "channels": 3, "size": 32, "megabatches": 1, "replay": "all",
+                  "val_fraction": 0.0}
+        protocol = {"epochs": 1, "batch_size": bs, "lr": 0.05, "momentum": 0.9,
+                    "weight_decay": 5e-4, "augment": True, "patience": None,
+                    "eval_batch_size": 1024}
+        spec = RunSpec(suite="perf-gpu", label=name, seed=0, stream=stream,
+                       model={"name": name}, protocol=protocol, threads=threads,
+                       strategy={"name": "dense", "params": {}})
+        timer = Breakdown()
+        with tempfile.TemporaryDirectory(prefix="alma-gpu-tp-") as tmp:
+            runner.execute(spec, Path(tmp), device, timer=timer)
+            rows = read_rows(RunDir(Path(tmp), spec.results_name, spec.run_id).metrics)
+        train_s = timer.result()["seconds"]["training"]
+        rates.append((rows[-1]["samples_seen"], train_s))
+    samples, secs = rates[-1]
+    return {"model": name, "batch_size": bs, "samples": samples, "train_s": secs,
+            "images_per_s": samples / secs if secs else None}
+
+
+def concurrency(device: str, tiny: bool, workers=WORKERS, timeout_s: float = 240
+                ) -> list[dict]:
     """Wall time of N concurrent quickstart dense runs (one per seed) on one device."""
     out = []
     with tempfile.TemporaryDirectory(prefix="alma-gpu-cc-") as tmp:
@@ -193,11 +220,15 @@ def concurrency(device: str, tiny: bool, workers=WORKERS) -> list[dict]:
                 cmd += ["--scale", "smoke", "--set", "protocol.epochs=1",
                         "--set", "stream.megabatches=2", "--threads", "1"]
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            wall = time.perf_counter() - t0
-            row = {"runs": n, "wall_s": wall, "ok": done.returncode == 0}
-            if done.returncode != 0:
-                row["error"] = done.stderr.strip()[-500:]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True,
+                                      env=os.environ.copy(), timeout=timeout_s)
+                rc, err = done.returncode, done.stderr.strip()[-500:]
+            except subprocess.TimeoutExpired:
+                rc, err = None, f"timed out after {timeout_s} s"
+            row = {"runs": n, "wall_s": time.perf_counter() - t0, "ok": rc == 0}
+            if rc != 0:
+                row["error"] = err
             out.append(row)
     one = next((r["wall_s"] for r in out if r["runs"] == 1 and r["ok"]), None)
     for r in out:
@@ -206,8 +237,9 @@ def concurrency(device: str, tiny: bool, workers=WORKERS) -> list[dict]:
     return out
 
 
-def check(args) -> dict:
-    """Every part of the GPU check, as one JSON-ready dict."""
+def check(args, save=None) -> dict:
+    """Every part of the GPU check, as one JSON-ready dict; ``save(result)`` after every
+    suite, model and part, so a check cut off at its time limit still leaves what it did."""
     import torch
 
     from alma_bench.errors import UserError
@@ -219,13 +251,22 @@ def check(args) -> dict:
     tiny = bool(args.gpu_tiny)
     t0 = time.perf_counter()
     r: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "tiny": tiny,
-               "environment": environment(device)}
+               "environment": environment(device), "determinism": [], "throughput": [],
+               "concurrency": [], "complete": False}
+
+    def checkpoint():
+        r["seconds"] = time.perf_counter() - t0
+        r["all_identical"] = all(d["identical"] for d in r["determinism"])
+        if save:
+            save(r)
+
     suites = PUBLISHED[:2] if tiny else PUBLISHED
-    r["determinism"] = determinism(device, tiny, args.gpu_epochs or None, suites)
-    r["throughput"] = throughput(device, tiny, threads=args.threads or 1)
+    r["determinism"] = determinism(device, tiny, args.gpu_epochs or None, suites,
+                                   save=checkpoint)
+    r["throughput"] = throughput(device, tiny, threads=args.threads or 1, save=checkpoint)
     r["concurrency"] = concurrency(device, tiny, WORKERS[:2] if tiny else WORKERS)
-    r["seconds"] = time.perf_counter() - t0
-    r["all_identical"] = all(d["identical"] for d in r["determinism"])
+    r["complete"] = True
+    checkpoint()
     return r
 
 
@@ -233,9 +274,10 @@ def format_report(r: dict, command: str) -> str:
     e = r["environment"]
     lines = [
         "# alma-bench on a GPU", "",
-        f"Made by `{command}` on {r['date']} in {r['seconds']:.0f} s"
+        f"Made by `{command}` on {r['date']} in {r.get('seconds', 0):.0f} s"
         + (" (--gpu-tiny: plumbing only, no number here is a measurement)." if r["tiny"]
-           else "."),
+           else ".")
+        + ("" if r.get("complete") else " **Incomplete: the check was cut off here.**"),
         f"Card: {e.get('card')}"
         + (f", {e['memory_gib']} GiB, {e['multiprocessors']} SMs, driver {e.get('driver')}"
            if "memory_gib" in e else "")
@@ -243,10 +285,13 @@ def format_report(r: dict, command: str) -> str:
           f"device `{e['device']}`.", "",
         "## Determinism: one megabatch, twice", "",
         f"Every field of the metrics row but `wall_time` compared. All identical: "
-        f"**{'yes' if r['all_identical'] else 'NO'}**.", "",
+        f"**{'yes' if r.get('all_identical') else 'NO'}**.", "",
         "| suite | scale | run | model | epochs | data | identical | s (run 1, run 2) |",
         "|---|---|---|---|---|---|---|---|"]
     for d in r["determinism"]:
+        if "error" in d:
+            lines.append(f"| {d['suite']} | | | | | | FAILED: {d['error'][:200]} | |")
+            continue
         same = "yes" if d["identical"] else "NO: " + ", ".join(d["differing_fields"])
         lines.append(f"| {d['suite']} | {d['scale']} | {d['label']} seed {d['seed']} | "
                      f"{d['model']} | {d['epochs']} | {d['data']} | {same} | "
@@ -256,6 +301,9 @@ def format_report(r: dict, command: str) -> str:
               "run; training time from the run's own timer.", "",
               "| model | batch | samples | training s | images/s |", "|---|---|---|---|---|"]
     for t in r["throughput"]:
+        if "error" in t:
+            lines.append(f"| {t['model']} | {t['batch_size']} | FAILED: {t['error'][:200]} | | |")
+            continue
         rate = "-" if t["images_per_s"] is None else f"{t['images_per_s']:.0f}"
         lines.append(f"| {t['model']} | {t['batch_size']} | {t['samples']} | "
                      f"{t['train_s']:.2f} | {rate} |")
@@ -274,16 +322,20 @@ def format_report(r: dict, command: str) -> str:
 
 
 def run(args, command: str) -> int:
-    r = check(args)
-    text = format_report(r, command)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     # the published report unless --gpu-tiny (plumbing), which writes only where it is told
     report = args.gpu_report or (None if args.gpu_tiny else "reports/gpu.md")
+
+    def save(r: dict) -> None:
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+        if report:
+            Path(report).parent.mkdir(parents=True, exist_ok=True)
+            Path(report).write_text(format_report(r, command))
+
+    r = check(args, save)
+    print(format_report(r, command))
     if report:
-        Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(text)
         print(f"report written to {report}", file=sys.stderr)
-    return 0 if r["all_identical"] and all(c["ok"] for c in r["concurrency"]) else 1
+    ok = r["all_identical"] and all(c["ok"] for c in r["concurrency"])
+    return 0 if ok and not any("error" in t for t in r["throughput"]) else 1
