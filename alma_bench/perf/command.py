@@ -87,7 +87,8 @@ def configure_parser(p) -> None:
                         "one 6); pairs then go on until --run-budget is spent, 45 pairs, or "
                         "(from 6 pairs) the ratio is within --precision")
     e.add_argument("--run-budget", type=float, default=300.0, metavar="S",
-                   help="seconds of pairs to spend after the first N (default 300)")
+                   help="pairs go on (beyond --pairs) while the pairs so far took less "
+                        "than S seconds (default 300)")
     e.add_argument("--eval-options", action="store_true",
                    help="with --run: instead of run/floor, compare evaluation batch sizes and "
                         "layouts (interleaved evaluation passes over the run's test images), "
