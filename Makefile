@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint reports perf clean report-quickstart \
+.PHONY: run test test-slow lint reports perf perf-quick gpu-check clean report-quickstart \
 	report-app-density report-app-long report-dpr-trainability report-sparsity-schedules \
 	report-lottery report-lottery-imp-q report-alma-cl
 
@@ -101,8 +101,19 @@ report-alma-cl: $(STAMP)
 	  | grep -E " vs dense" >> reports/alma-cl/README.md
 	printf '```\n' >> reports/alma-cl/README.md
 
+# Speed (docs/perf.md). perf: every ratio interleaved until its 95% interval is within +-2%
+# (or 600 s), the end-to-end runs, reports/perf.md. perf-quick: the ratios only (minutes).
 perf: $(STAMP)
 	$(BIN)/alma-bench perf --json reports/perf.json
+
+perf-quick: $(STAMP)
+	$(BIN)/alma-bench perf --quick
+
+# On a CUDA machine, under 10 minutes: determinism, throughput, concurrent runs -> reports/gpu.md
+# (the device machine has no venv: docs/perf.md says how to carry the wheels). Never part of
+# `make test`; tests/test_perf_modes.py runs its plumbing on CPU.
+gpu-check: $(STAMP)
+	$(BIN)/alma-bench perf --gpu-check --json reports/gpu.json
 
 clean:
 	rm -rf results .pytest_cache build *.egg-info

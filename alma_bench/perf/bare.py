@@ -70,14 +70,16 @@ def _affine(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: float,
                momentum: float, weight_decay: float, augment: bool, padding: int, mean, std,
-               channels_last: bool, seed: int = 0, compile: bool = False) -> dict:
+               channels_last: bool, seed: int = 0, compile: bool = False, arm=None) -> dict:
     """The limit: plain PyTorch over pre-loaded uint8 tensors, the harness's work per step
     (gather a shuffled batch, batched crop+flip, normalise, forward, backward, SGD step) and
     nothing else. ``sets`` is the list of (x, y) trained on per megabatch, so it sees exactly
     the samples and batch boundaries the harness sees (``epochs``: per megabatch, or one
     number for all, e.g. the epochs a run trained before early stopping). Only the epoch
     loops are timed;
-    ``compile`` (torch.compile) is warmed up on one batch first, timed as ``compile_s``."""
+    ``compile`` (torch.compile) is warmed up on one batch first, timed as ``compile_s``.
+    ``arm``: a ``perf.interleave.Arm`` told of every epoch start, step and megabatch start
+    (it may pause the loop there while the other arms run their blocks)."""
     torch.manual_seed(seed)
     model = model_fn()
     if channels_last:
@@ -100,11 +102,15 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: 
     loop = 0.0
     samples = steps = 0
     for t, (x, y) in enumerate(sets):
+        if arm is not None:
+            arm.boundary()
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
         for e in range(epochs[t] if isinstance(epochs, list) else epochs):
             g = torch.Generator().manual_seed(seed * 1_000_003 + 1000 * t + e)
             start = time.perf_counter()
+            if arm is not None:
+                arm.begin_epoch()
             order = torch.randperm(len(y), generator=g)
             for i in range(0, len(y), batch_size):
                 idx = order[i : i + batch_size]
@@ -119,6 +125,8 @@ def bare_train(sets, model_fn, *, batch_size: int, epochs: int | list[int], lr: 
                 opt.step()
                 samples += len(yb)
                 steps += 1
+                if arm is not None:
+                    arm.step(len(yb), t)
             loop += time.perf_counter() - start
     return {"loop_s": loop, "samples": samples, "steps": steps, "compile_s": compile_s}
 
@@ -183,6 +191,9 @@ class ProbeLog:
 
 
 LOGS: list[ProbeLog] = []  # one per probed run in this process, newest last
+#: name -> ``perf.interleave.Arm`` of the interleaved measurement: a probe whose ``arm`` is
+#: set reports its steps to that arm instead of logging them
+ARMS: dict = {}
 
 
 class _Head(SupervisedPlugin):
@@ -203,6 +214,31 @@ class _Head(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kw):
         self.log.mbs[-1].train_end = time.perf_counter()
+
+
+class _ArmHead(SupervisedPlugin):
+    """First strategy plugin of an interleaved arm: megabatch and epoch starts."""
+
+    def __init__(self, arm):
+        super().__init__()
+        self.arm = arm
+
+    def before_training_exp(self, strategy, **kw):
+        self.arm.boundary()
+
+    def before_training_epoch(self, strategy, **kw):
+        self.arm.begin_epoch()
+
+
+class _ArmTail(SupervisedPlugin):
+    """Last strategy plugin of an interleaved arm: the end of each step."""
+
+    def __init__(self, arm, ctx):
+        super().__init__()
+        self.arm, self.ctx = arm, ctx
+
+    def after_training_iteration(self, strategy, **kw):
+        self.arm.step(len(strategy.mb_y), self.ctx.megabatch)
 
 
 class _Tail(SupervisedPlugin):
@@ -237,11 +273,17 @@ def register_probe() -> None:
 
         inner: str = "dense"
         inner_params: dict = field(default_factory=dict)
+        arm: str = ""  # an interleaved arm (ARMS) to report steps to, instead of a log
 
         def plugins(self, ctx) -> list:
+            from alma_bench.spec import compose  # a composed strategy too
+
+            inner = compose.create(self.inner, self.inner_params).plugins(ctx)
+            if self.arm:
+                arm = ARMS[self.arm]
+                return [_ArmHead(arm), *inner, _ArmTail(arm, ctx)]
             log = ProbeLog(ctx)
             LOGS.append(log)
-            inner = STRATEGIES.create(self.inner, **self.inner_params).plugins(ctx)
             return [_Head(log), *inner, _Tail(log)]
 
 

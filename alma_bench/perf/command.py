@@ -9,12 +9,15 @@ around them. Top-level imports stay light: ``configure_parser`` runs for every C
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from alma_bench.perf.report import _table, format_table, write_report
 
 TARGETS = {  # the issue's targets: key -> (limit, "max" or "min")
     "harness_vs_bare_ratio": (1.05, "max"),
@@ -44,7 +47,8 @@ def configure_parser(p) -> None:
                         "exists) or synthetic (3x32x32; the fallback and --quick)")
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help="train/ test/ image folders")
     p.add_argument("--quick", action="store_true",
-                   help="seconds: synthetic data, 2 repeats, no decode/parallel/thread runs")
+                   help="minutes: synthetic data, 2 repeats, interleaved ratios for 150 s at "
+                        "most, no decode/parallel/thread/end-to-end runs")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--report", default="reports/perf.md",
                    help="markdown report (written unless --quick; default reports/perf.md)")
@@ -55,6 +59,20 @@ def configure_parser(p) -> None:
     p.add_argument("--subset", type=int, default=8000, help="training images used (stream.subset)")
     p.add_argument("--megabatches", type=int, default=4)
     p.add_argument("--epochs", type=int, default=1)
+    i = p.add_argument_group("precise ratios: the arms interleaved in blocks of steps "
+                             "(alma_bench/perf/interleave.py)")
+    i.add_argument("--precision", type=float, default=0.02,
+                   help="stop when every ratio's 95%% interval is within +-this fraction of "
+                        "its median (default 0.02)")
+    i.add_argument("--budget", type=float, default=None, metavar="S",
+                   help="seconds the interleaved rounds may take at most (default 600; "
+                        "quick 150)")
+    i.add_argument("--block-samples", type=int, default=None,
+                   help="training samples per block of an arm (default 1024; quick 512; a "
+                        "block also ends where a megabatch does)")
+    i.add_argument("--min-blocks", type=int, default=10,
+                   help="blocks a ratio needs before it may count as precise (default 10)")
+    i.add_argument("--max-rounds", type=int, default=None, help=argparse.SUPPRESS)  # tests
     e = p.add_argument_group("end to end: one real run against its floor (alma_bench/perf/runs.py)")
     e.add_argument("--run", dest="runs", action="append", default=[], metavar="SUITE[:LABEL]",
                    help="measure only this run (its first seed) end to end: whole run / bare "
@@ -64,6 +82,34 @@ def configure_parser(p) -> None:
     e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite field of the --run suites (as alma-bench run)")
     e.add_argument("--seed", type=int, default=None, help="the --run seed (default: the first)")
+    e.add_argument("--pairs", type=int, default=1, metavar="N",
+                   help="at least N run/floor pairs (an interval needs 2; the distribution-free "
+                        "one 6); pairs then go on until --run-budget is spent, 45 pairs, or "
+                        "(from 6 pairs) the ratio is within --precision")
+    e.add_argument("--run-budget", type=float, default=300.0, metavar="S",
+                   help="pairs go on (beyond --pairs) while the pairs so far took less "
+                        "than S seconds (default 300)")
+    e.add_argument("--eval-options", action="store_true",
+                   help="with --run: instead of run/floor, compare evaluation batch sizes and "
+                        "layouts (interleaved evaluation passes over the run's test images), "
+                        "the harness's training in both layouts, and what a fixed train "
+                        "sample for the generalisation gap would save (perf/evalopts.py)")
+    e.add_argument("--eval-batches", default="128,256,512,1024", metavar="B,B",
+                   help="evaluation batch sizes --eval-options compares")
+    e.add_argument("--train-eval-samples", default="1000,2000,5000", metavar="K,K",
+                   help="train_eval_sample values --eval-options projects")
+    g = p.add_argument_group("the GPU path (alma_bench/perf/gpu.py; make gpu-check)")
+    g.add_argument("--gpu-check", action="store_true",
+                   help="determinism (one megabatch of each published suite's paper scale, "
+                        "twice), throughput of resnet20, wrn-28-2, resnet50 and the Simple CNN, "
+                        "and N = 1, 2, 4, 8 concurrent runs; writes --json and --gpu-report")
+    g.add_argument("--device", default=None, help="--gpu-check's device (default cuda)")
+    g.add_argument("--gpu-tiny", action="store_true",
+                   help="tiny sizes, N = 1, 2: the plumbing in seconds (with --device cpu)")
+    g.add_argument("--gpu-epochs", type=int, default=1,
+                   help="epochs of the determinism megabatch (default 1; 0: the suite's own)")
+    g.add_argument("--gpu-report", default=None,
+                   help="markdown report (default reports/gpu.md; none under --gpu-tiny)")
     p.set_defaults(func=run)
 
 
@@ -73,9 +119,26 @@ def run(args) -> int:
     # unless the user exported one); the thread matrix below measures both policies.
     from alma_bench.errors import UserError
 
-    for k in ("batch_size", "megabatches", "epochs", "subset"):
-        if getattr(args, k) < 1:
+    for k in ("batch_size", "megabatches", "epochs", "subset", "block_samples", "min_blocks",
+              "pairs"):
+        if getattr(args, k) is not None and getattr(args, k) < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1")
+    if not 0 < args.precision < 1:
+        raise UserError("--precision is a fraction in (0, 1), e.g. 0.02")
+    if args.gpu_check:
+        from alma_bench.perf import gpu
+
+        return gpu.run(args, _command(args))
+    if args.eval_options:
+        if len(args.runs) != 1:
+            raise UserError("--eval-options measures one --run SUITE[:LABEL]")
+        from alma_bench.perf import evalopts
+
+        result = {"command": _command(args), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                  "eval_options": evalopts.measure(args.runs[0], args)}
+        print(_table(evalopts.format_rows(result["eval_options"])))
+        _write_json(args.json, result)
+        return 0
     if args.runs:
         result = {"command": _command(args), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                   "end_to_end": end_to_end(
@@ -112,15 +175,14 @@ def end_to_end(configs: list[dict], args) -> dict:
     out = {}
     for c in configs:
         print(f"  end to end: {c['target']} {' '.join(c['sets'])}", file=sys.stderr)
-        out[c["name"]] = perf_run.measure_run(c["target"], c["scale"], c["sets"],
-                                              threads=args.threads, seed=args.seed)
+        out[c["name"]] = perf_run.measure_run(
+            c["target"], c["scale"], c["sets"], threads=args.threads, seed=args.seed,
+            min_pairs=args.pairs, min_s=args.run_budget, precision=args.precision)
     return out
 
 
 def _command(args) -> str:
     """The command line that reproduces this measurement (options that differ from defaults)."""
-    import argparse
-
     defaults = argparse.ArgumentParser()
     configure_parser(defaults)
     base = vars(defaults.parse_args([]))
@@ -146,6 +208,8 @@ def measure(args) -> dict:
     from alma_bench.spec.config import RunSpec
 
     import_s = time.perf_counter() - t_import
+    budget = args.budget if args.budget is not None else (150.0 if args.quick else 600.0)
+    block_samples = args.block_samples or (512 if args.quick else 1024)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     pb.register_probe()
@@ -166,10 +230,10 @@ def measure(args) -> dict:
                     "eval_batch_size": 1024}
         model = {"name": args.model}
 
-        def spec(inner, label, s=stream):
+        def spec(inner, label, s=stream, arm=""):
             return RunSpec(suite="perf", label=label, seed=0, stream=s, model=model,
                            protocol=protocol, threads=threads,
-                           strategy={"name": pb.PROBE, "params": {"inner": inner}})
+                           strategy={"name": pb.PROBE, "params": {"inner": inner, "arm": arm}})
 
         probe = spec("dense", "dense")
         data = load_data(stream)
@@ -227,6 +291,17 @@ def measure(args) -> dict:
                 raw[key].append(times)
         result.update(pb.summarise(raw))
         result["repeats"] = raw  # every repeat's loop times, per variant ("kind:channels_last")
+        kinds = sorted({k for k, cl in variants if k not in ("bare", "dense", "app", "compiled")})
+        print(f"  interleaved blocks until +-{args.precision:.0%} (budget {budget:.0f} s)",
+              file=sys.stderr)
+        from alma_bench.perf import arms
+
+        inter = arms.measure(lambda kind, label, arm: spec(kind, label, arm=arm), sets,
+                             model_fn, bare_kw, kinds, tmp, threads=threads,
+                             block_samples=block_samples, precision=args.precision,
+                             budget_s=budget, min_blocks=args.min_blocks,
+                             max_rounds=args.max_rounds)
+        apply_interleaved(result, inter)
         if args.quick:
             skipped["workers_speedup"] = "--quick skips the parallel quickstart runs"
             skipped["threads"] = "--quick skips the thread/wait-policy matrix"
@@ -258,6 +333,30 @@ def measure(args) -> dict:
     result["skipped"] = skipped
     result["targets"] = _targets(result)
     return result
+
+
+def apply_interleaved(result: dict, inter: dict) -> None:
+    """The interleaved ratios into the result: ``result["interleaved"]`` holds them all (with
+    every block); the headline keys read by the targets, the table and older consumers
+    (``harness_vs_bare_ratio``, ``sparse_vs_dense_ratio``, ``strategies.K.per_sample_vs_dense``)
+    now carry the interleaved medians, with ``*_interval`` beside them. The one-shot repeats'
+    figures stay where they were (``harness``, ``sparse``), as descriptive spreads."""
+    r = inter["ratios"]
+    result["interleaved"] = inter
+    # the layout the bare loop is faster in (the limit), decided by the interleaved blocks
+    cl = r["channels_last_vs_contiguous:bare"]["median"]
+    lay = "channels_last" if cl is not None and cl < 1 else "contiguous"
+    result["ratio_layout"] = lay
+    for key, name in (("harness_vs_bare", f"harness_vs_bare:{lay}"),
+                      ("sparse_vs_dense", f"sparse_vs_dense_final:{lay}")):
+        result[f"{key}_interval"] = r[name]
+        if r[name]["median"] is not None:  # else the one-shot repeats' median stays
+            result[f"{key}_ratio"] = r[name]["median"]
+    for kind, st in result.get("strategies", {}).items():
+        name = f"{kind}_vs_dense:contiguous"
+        if name in r and r[name]["median"] is not None:
+            st["per_sample_vs_dense_repeats"] = st["per_sample_vs_dense"]
+            st["per_sample_vs_dense"] = r[name]
 
 
 def _data(args, pb, skipped) -> tuple[dict, dict]:
@@ -294,7 +393,8 @@ def _data(args, pb, skipped) -> tuple[dict, dict]:
     elif args.stream:
         why = "--stream synthetic: no image folders decoded"
     skipped["first_decode_s"] = skipped["cached_start_s"] = why
-    n = 384 if args.quick else args.subset
+    # quick: 1024 images, megabatch sets of 2, 4, 6 and 8 steps, enough for blocks of 4
+    n = min(1024, args.subset) if args.quick else args.subset
     return {"name": "synthetic", "n_train": n, "n_test": 128 if args.quick else 2000,
             "classes": 10, "channels": 3, "size": 32, **split}, info
 
@@ -327,117 +427,11 @@ def _targets(r: dict) -> dict:
         miss = None if v is None or met else (v / limit - 1 if kind == "max" else 1 - v / limit)
         out[key] = {"value": v, "target": f"{'<=' if kind == 'max' else '>='} {limit}",
                     "met": met, "missed_by": miss}
+        iv = r.get(key.replace("_ratio", "_interval")) if key.endswith("_ratio") else None
+        if iv and iv.get("ci") and iv["ci"][0] is not None:
+            lo, hi = iv["ci"]
+            out[key]["ci"] = [lo, hi]
+            # the whole interval on the right side of the limit: met (or missed) beyond doubt
+            out[key]["met_by_interval"] = hi <= limit if kind == "max" else lo >= limit
+            out[key]["missed_by_interval"] = (lo > limit if kind == "max" else hi < limit)
     return out
-
-
-def _f(v, fmt="{:.3g}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def _s(st, fmt="{:.3g}") -> str:
-    """median (min - max) of a stats dict."""
-    if not st:
-        return "-"
-    return f"{_f(st['median'], fmt)} ({_f(st['min'], fmt)} - {_f(st['max'], fmt)})"
-
-
-def format_table(r: dict) -> str:
-    """The result as a markdown table: one measurement per row, median (min - max)."""
-    m = r["machine"]
-    rows = [("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}, "
-                        f"{m['threads']} threads, OMP_WAIT_POLICY {m['omp_wait_policy']}"),
-            ("load average before / after", f"{r['load_before']} / {r['load_after']}")]
-    for name in ("contiguous", "channels_last"):
-        rows.append((f"bare loop img/s, {name}", _s(r["bare"][name], "{:.0f}")))
-    for name, st in (r.get("compiled") or {}).items():
-        rows.append((f"bare loop, torch.compile, {name}: img/s; compile s",
-                     f"{_s(st['images_per_s'], '{:.0f}')}; {_s(st['compile_s'])}"))
-    rows.append(("limit (faster layout) img/s",
-                 f"{_f(r['bare_images_per_s'], '{:.0f}')} ({r['bare']['limit_layout']})"))
-    for name in ("contiguous", "channels_last"):
-        h = r["harness"][name]
-        rows.append((f"harness dense img/s, {name}", _s(h["images_per_s"], "{:.0f}")))
-        rows.append((f"harness/limit time per sample, {name}", _s(h["vs_limit"])))
-        rows.append((f"harness/bare same layout, {name}", _s(h["vs_bare_same_layout"])))
-    lay = r["harness_layout"]
-    rows.append((f"whole megabatches (+eval, metrics, ckpt)/limit, {lay}",
-                 _s(r["harness"][lay]["whole_vs_limit"])))
-    for name in ("contiguous", "channels_last"):
-        rows.append((f"sparse (APP final density)/dense step time, {name}",
-                     _s(r["sparse"][name]["final_step_ratio"])))
-    for kind, st in (r.get("strategies") or {}).items():
-        rows.append((f"{kind}/dense time per training sample, contiguous",
-                     _s(st["per_sample_vs_dense"])))
-    sh = r["shares"]
-    rows += [("test-set pass s / share of a megabatch",
-              f"{_s(sh['test_pass_s'])} / {_s(sh['test_pass_of_megabatch'], '{:.1%}')}"),
-             ("evaluation img/s at batch 128 / 256 / 1024",
-              " / ".join(_s(sh["eval_images_per_s"].get(b), "{:.0f}") for b in (128, 256, 1024))),
-             ("all evaluation + bookkeeping share of a megabatch",
-              _s(sh["eval_and_bookkeeping_of_megabatch"], "{:.1%}")),
-             ("SNIP pruning s / share of a megabatch",
-              f"{_s(sh['prune_s'])} / {_s(sh['prune_of_megabatch'], '{:.1%}')}")]
-    d = r["data"]
-    rows += [(f"data ({d['stream']}): first decode s", _f(r["first_decode_s"])),
-             ("data: cached start s", _s(d.get("cached_start"))),
-             ("augmentation (gather+crop+flip+normalise) img/s",
-              _f(d["augment_images_per_s"], "{:.0f}")),
-             ("import torch + avalanche + harness s", _f(r["import_s"])),
-             ("first harness run (start-up) s", _f(r["harness_first_run_s"]))]
-    p = r["parallel"]
-    rows.append(("quickstart 1 / 2 workers s, speedup",
-                 f"{_f(p.get('workers_1_s'))} / {_f(p.get('workers_2_s'))}, "
-                 f"{_f(p['workers_speedup'])}"))
-    for t in r["threads"] or []:
-        rows.append((f"bare img/s, {t['threads']} thread(s), wait {t['omp_wait_policy']}, "
-                     f"{'beside a busy process' if t['other_process_busy'] else 'alone'}",
-                     _f(t["images_per_s"], "{:.0f}")))
-    for key, t in r["targets"].items():
-        verdict = ("skipped: " + r["skipped"].get(key, "?") if t["met"] is None else
-                   "met" if t["met"] else f"MISSED by {t['missed_by']:.1%}")
-        rows.append((f"target {key} {t['target']}", f"{_f(t['value'])}: {verdict}"))
-    from alma_bench.perf.runs import format_rows
-
-    for e2e in (r.get("end_to_end") or {}).values():
-        rows += format_rows(e2e)
-    return _table(rows)
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    w = max(len(a) for a, _ in rows)
-    lines = [f"| {'measurement'.ljust(w)} | value |", f"|{'-' * (w + 2)}|-------|"]
-    return "\n".join([*lines, *(f"| {a.ljust(w)} | {b} |" for a, b in rows)])
-
-
-NOTES = ("<!-- notes: kept when the report is regenerated -->", "<!-- end notes -->")
-
-
-def write_report(path: Path, r: dict, table: str) -> None:
-    """reports/perf.md: the command, date, machine and the latest table. A hand-written
-    section between the NOTES markers (analysis of the numbers) survives regeneration."""
-    c = r["config"]
-    old = path.read_text() if path.is_file() else ""
-    notes = (old[old.index(NOTES[0]):old.index(NOTES[1]) + len(NOTES[1])] + "\n"
-             if NOTES[0] in old and NOTES[1] in old else f"{NOTES[0]}\n{NOTES[1]}\n")
-    text = f"""# alma-bench perf
-
-Made by `{r['command']}` on {r['date']}.
-Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']},
-device {r['machine']['device']}, {r['machine']['threads']} torch threads; load average
-{r['load_before']} before, {r['load_after']} after.
-Workload: {c['model']} on {c['stream']['name']}, megabatch training sets {c['sets']},
-batch {c['protocol']['batch_size']}, {c['protocol']['epochs']} epoch(s) per megabatch,
-crop+flip augmentation, {c['repeats']} interleaved repeats; median (min - max).
-
-{table}
-
-How to read it: "harness/limit" is the harness's time per training sample (its batch loops:
-data loader, Avalanche template, every plugin hook, mask ops) over the bare loop's in its
-faster layout; "whole megabatches" adds per-epoch validation, the test/train/validation
-passes, metrics and the checkpoint. Sparse/dense compares the step time of the last
-megabatch, where APP's masks are at their final density. The JSON (`--json FILE`) holds every
-repeat's summary.
-
-{notes}"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)

@@ -34,7 +34,10 @@ DEFAULT_RUNS = (
 KEYS = ("target", "run_id", "threads", "wall_s", "floor_s", "ratio", "startup_s",
         "ratio_with_startup", "cpu_user_s", "cpu_system_s", "minor_faults", "floor",
         "breakdown", "counts", "load_before", "load_after", "pairs", "ratios",
-        "ratio_quartiles")
+        "ratio_quartiles", "ratio_interval", "breakdown_pairs", "passes")
+#: the order-statistic interval needs 6 pairs for 95%; the measurement may stop early on
+#: precision only from there (below it, the t-interval on log ratios is reported)
+MIN_PAIRS_TO_STOP = 6
 
 
 def parse_target(target: str) -> tuple[str, str | None]:
@@ -67,21 +70,15 @@ def startup_s(strategy_module: str | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
-                seed: int | None = None, device: str = "cpu", min_s: float = 300.0,
-                max_pairs: int = 45) -> dict:
-    """The end-to-end measurement of the first run of ``target`` (or of ``seed``), with
-    ``threads`` torch threads (default: what ``alma-bench run`` gives that single run)."""
-    import torch
-
+def resolve(target: str, scale=None, sets=(), threads: int | None = None,
+            seed: int | None = None):
+    """The RunSpec of the first run of ``target`` (or of ``seed``) as ``alma-bench run`` plans
+    it (its thread count and run id), with its data loaded once (the disk cache warm)."""
     from alma_bench.errors import UserError
     from alma_bench.execute.plan import plan
-    from alma_bench.perf import bare as pb
     from alma_bench.registry import STREAMS
-    from alma_bench.run.memory import tune_malloc
     from alma_bench.spec.config import split_and_source
 
-    tune_malloc()  # as every run does; the floor is measured under the same settings
     suite_name, label = parse_target(target)
     wanted = [label] if label else None
     if seed is None:  # the first seed of the entry
@@ -94,12 +91,31 @@ def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
     # a single run (alma_bench/execute/plan.py), with the same run id
     suite = plan(suite_name, scale, list(sets), wanted, [seed], threads=threads or "auto")
     spec = next(r for r in suite.runs if label is None or r.label == label)
-    threads = spec.threads
     if spec.deps:
         raise UserError(f"'{target}' depends on other runs ({', '.join(spec.deps)}); "
                         "measure a run without dependencies")
     _, source, params = split_and_source(spec.stream)
     STREAMS.create(source, **params).load()  # the disk cache is warm, as for any later run
+    return spec
+
+
+def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
+                seed: int | None = None, device: str = "cpu", min_s: float = 300.0,
+                max_pairs: int = 45, min_pairs: int = 1, precision: float = 0.02) -> dict:
+    """The end-to-end measurement of the first run of ``target`` (or of ``seed``), with
+    ``threads`` torch threads (default: what ``alma-bench run`` gives that single run).
+    Pairs go on until ``min_pairs`` are done and then until ``min_s`` seconds are spent,
+    ``max_pairs`` are done, or (from 6 pairs on) the ratio's 95% interval is within
+    ``precision`` of its median."""
+    import torch
+
+    from alma_bench.perf import bare as pb
+    from alma_bench.perf import intervals
+    from alma_bench.run.memory import tune_malloc
+
+    tune_malloc()  # as every run does; the floor is measured under the same settings
+    spec = resolve(target, scale, sets, threads, seed)
+    threads = spec.threads
     protocol = spec.protocol_obj()
     out: dict = {"target": target, "scale": scale, "sets": list(sets), "run_id": spec.run_id,
                  "threads": threads, "load_before": pb.load_average()}
@@ -113,17 +129,54 @@ def measure_run(target: str, scale=None, sets=(), threads: int | None = None,
     # drift within a pair does not favour one side; the report is the median pair, with
     # every pair's ratio and their quartiles beside it. A long run stays a single pair.
     pairs, t0 = [], time.perf_counter()
-    while not pairs or (len(pairs) < max_pairs and time.perf_counter() - t0 < min_s):
+
+    def more() -> bool:
+        if len(pairs) < max(1, min_pairs):
+            return True
+        if len(pairs) >= max_pairs or time.perf_counter() - t0 >= min_s:
+            return False
+        return not (len(pairs) >= MIN_PAIRS_TO_STOP and intervals.summarise_ratio(
+            [p["ratio"] for p in pairs], precision, MIN_PAIRS_TO_STOP)["precise"])
+
+    while more():
         pairs.append(_pair(spec, protocol, device, floor_first=len(pairs) % 2 == 1,
                            epochs=pairs[0]["epochs"] if pairs else None))
+        print(f"  pair {len(pairs)}: ratio {pairs[-1]['ratio']:.3f}", file=sys.stderr)
     ratios = [p["ratio"] for p in pairs]
     median = sorted(range(len(pairs)), key=ratios.__getitem__)[len(pairs) // 2]
     out.update(pairs[median])
     out["pairs"], out["ratios"] = len(pairs), ratios
     out["ratio_quartiles"] = (statistics.quantiles(ratios, n=4) if len(ratios) > 1
                               else [ratios[0]] * 3)
+    # the ratio's 95% interval over the pairs (intervals.median_interval: order statistics
+    # from 6 pairs, a t-interval on log ratios below), and the breakdown of every pair
+    out["ratio_interval"] = intervals.summarise_ratio(ratios, precision, MIN_PAIRS_TO_STOP)
+    out["breakdown_pairs"] = {k: [p["breakdown"][k] for p in pairs] for k in out["breakdown"]}
+    out["passes"] = passes(pairs)
     out["ratio_with_startup"] = (out["wall_s"] + out["startup_s"]) / out["floor_s"]
     out["load_after"] = pb.load_average()
+    return out
+
+
+#: the run's evaluation passes: breakdown part -> the count of images it evaluated
+PASSES = {"test_pass": "test_images", "train_pass": "train_images",
+          "val_pass": "final_val_images", "validation": "val_images"}
+
+
+def passes(pairs: list[dict]) -> dict:
+    """Each evaluation pass as the run's own timer recorded it (``run/timing.Breakdown``),
+    the median over the pairs: seconds in the run, images, images/s, and seconds per
+    megabatch (the test pass and the generalisation gap's train pass run once per megabatch;
+    ``validation`` is the per-epoch validation, ``val_pass`` a final one not reused)."""
+    out = {}
+    for part, count in PASSES.items():
+        secs = statistics.median(p["breakdown"][part] for p in pairs)
+        images = pairs[0]["counts"].get(count, 0)
+        n_mb = len(pairs[0]["epochs"])
+        out[part] = {"seconds": secs, "images": images,
+                     "images_per_s": images / secs if secs else None,
+                     "seconds_per_megabatch": secs / n_mb if n_mb else None,
+                     "share_of_run": secs / statistics.median(p["wall_s"] for p in pairs)}
     return out
 
 
@@ -216,8 +269,14 @@ def _strategy(spec):
 
 # --------------------------------------------------------------------------- the report
 
+def _g(v, fmt="{:.3g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
 def format_rows(r: dict) -> list[tuple[str, str]]:
     """Rows of the perf table for one end-to-end measurement."""
+    from alma_bench.perf.intervals import format_ratio
+
     b, fl, n = r["breakdown"], r["floor"], r["target"]
     wall = r["wall_s"]
 
@@ -231,12 +290,20 @@ def format_rows(r: dict) -> list[tuple[str, str]]:
              f"{len(pairs)} pairs: " + " / ".join(f"{x:.3f}" for x in r.get(
                  "ratio_quartiles", [r["ratio"]] * 3)) + "; "
              + ", ".join(f"{x:.2f}" for x in pairs)),
+            (f"{n}: whole run / floor: median and 95% interval over the pairs",
+             format_ratio(r.get("ratio_interval"))),
             (f"{n}: floor: bare training s / bare evaluation s",
              f"{fl['train_s']:.3g} / {fl['eval_s']:.3g} ({fl['samples']} samples, "
              f"{fl['eval_images']} images)"),
             (f"{n}: process start-up (imports) s; ratio with it",
              f"{r['startup_s']:.3g}; {r['ratio_with_startup']:.3f}")]
-    rows += [(f"{n}: breakdown: {part.replace('_', ' ')}", share(s)) for part, s in b.items()]
+    rows += [(f"{n}: breakdown (median pair): {part.replace('_', ' ')}", share(s))
+             for part, s in b.items()]
+    for part, ps in (r.get("passes") or {}).items():
+        rows.append((f"{n}: {part.replace('_', ' ')} (median of pairs): s, s per megabatch, "
+                     "images, img/s",
+                     f"{ps['seconds']:.3g}, {_g(ps['seconds_per_megabatch'])}, {ps['images']}, "
+                     f"{_g(ps['images_per_s'], '{:.0f}')} ({ps['share_of_run']:.1%} of the run)"))
     rows += [(f"{n}: CPU user / system s (floor)",
               f"{r['cpu_user_s']:.3g} / {r['cpu_system_s']:.3g} "
               f"({fl['cpu_user_s']:.3g} / {fl['cpu_system_s']:.3g})"),
