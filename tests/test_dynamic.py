@@ -241,7 +241,7 @@ def test_the_swap_defaults_are_sets_recorded_and_move_the_run_id(tmp_path):
             (spec,) = load_suite(str(suite)).runs
             ids.append(spec.run_id)
             params.append(spec.strategy["params"])
-            assert spec.identity()["strategy_revision"] == 2
+            assert spec.identity()["strategy_revision"] == revision
         assert params[0]["drop_by"] == "magnitude" and params[0]["regrow_dropped"] is True
         assert len(set(ids)) == 3
         with pytest.raises(UserError, match="drop_by"):
