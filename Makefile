@@ -86,7 +86,7 @@ report-lottery: $(STAMP)
 	printf '```\n' >> reports/lottery/README.md
 
 # IMP-Q (learning from its own levels) against IMP and its untrained greedy policy
-IMPQ = --strategies imp,imp-q,imp-q-untrained
+IMPQ = --strategies imp,imp-q,imp-q-untrained,imp-q-full
 report-lottery-imp-q: $(STAMP)
 	$(RUN) lottery --scale quick --quiet $(IMPQ)
 	$(REPORT) results/lottery-quick --out reports/lottery-imp-q \
