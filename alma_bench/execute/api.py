@@ -41,6 +41,7 @@ def run_suite(suite: str | Path, *, scale: str | None = None,
     invocation's runs only, in table order, with every summary field and a ``path`` column."""
     from alma_bench.analysis.results import load
     from alma_bench.execute.commands import cmd_run
+    from alma_bench.execute.options import add_cluster_options
     from alma_bench.execute.plan import plan
     from alma_bench.registry import load_plugin_file
 
@@ -59,8 +60,12 @@ def run_suite(suite: str | Path, *, scale: str | None = None,
         edits.append(f"grid.{key}={json.dumps(values)}")  # as --grid KEY=[...]
     # the runs of this invocation, planned as the command plans them (same ids)
     resolved = plan(str(suite), scale, edits, labels, seeds, threads=threads)
+    # the cluster options' defaults from their own parser group, so options= may set them
+    cluster = argparse.ArgumentParser(add_help=False)
+    add_cluster_options(cluster)
     args = argparse.Namespace(
-        suite=str(suite), scale=scale, sets=edits, seeds=_csv(seeds),
+        **vars(cluster.parse_args([])), suite=str(suite), scale=scale, sets=edits,
+        seeds=_csv(seeds),
         strategies=_csv(labels), out=str(out), plugin=plugins or None, device=device,
         workers=workers, executor="local", ray_address=None, ray_gpus=None,
         retry_failed=False, wait=True, threads=threads, channels_last=False, tensorboard=None,
