@@ -309,6 +309,32 @@ def test_unwritable_results_path_is_one_line_exit_3(tmp_path, capsys, monkeypatc
     assert expect in err
 
 
+def test_a_folder_gone_read_only_mid_run_names_the_write_not_the_lock(tmp_path, capsys,
+                                                                     monkeypatch, reference):
+    """The 4th sync (megabatch 1's metrics) finds the file system read-only, and so does the
+    lock's removal after it: the one line is about the write that failed."""
+    out = tmp_path / "out"
+    real_fsync, real_unlink, calls = os.fsync, os.unlink, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) >= 4:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_fsync(fd)
+
+    def unlink(path, *a, **kw):
+        if len(calls) >= 4 and str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    code, _, err = run(capsys, "run", reference / "tiny.yaml", "--out", out, "--quiet")
+    assert code == 3
+    assert err.count("\n") == 1 and "read-only file system" in err
+    assert "run.lock" not in err, err
+
+
 def test_disk_full_is_one_line_exit_3_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch,
                                                                reference):
     out = tmp_path / "out"

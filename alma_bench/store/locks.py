@@ -197,7 +197,10 @@ class RunLock:
         self._stop.set()
         self._stop = None
         if read_owner(self.path) == self.owner:  # never remove a lock taken over from us
-            with contextlib.suppress(FileNotFoundError):
+            # a folder gone read-only (or full) refuses the unlink too: the error that stopped
+            # the run is the one to report, not this one; the lock left names a dead process
+            # once this one exits, and is taken over then
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
 
