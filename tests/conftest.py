@@ -76,3 +76,23 @@ def sigkill_after(proc: subprocess.Popen, suite_dir: Path, megabatches: int):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return status, found
+
+
+def rows_by_run(folder: Path) -> dict:
+    """{(label, seed): metrics rows without wall_time} of every run folder in ``folder``:
+    what must be identical between an undisturbed run and a killed-and-resumed one."""
+    from alma_bench.store.files import read_rows
+
+    out = {}
+    for d in folder.iterdir():
+        if d.is_dir() and (d / "config.json").exists():
+            cfg = json.loads((d / "config.json").read_text())
+            out[(cfg["label"], cfg["seed"])] = [
+                {k: v for k, v in r.items() if k != "wall_time"}
+                for r in read_rows(d / "metrics.jsonl")]
+    return out
+
+
+def traces(path: Path) -> list:
+    """The JSON lines a test plugin appended to ``path`` (none when it never wrote)."""
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -10,10 +10,9 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, TINY, write_suite
+from conftest import ROOT, TINY, rows_by_run, traces, write_suite
 
 from alma_bench.cli import main
-from alma_bench.store.files import read_rows
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -23,21 +22,6 @@ STORE = 80 * 2**20  # the smallest object store Ray accepts is about 75 MB
 # longer than Ray takes to notice the dead node and retry (about 15 s here), so the retry
 # finds the dead node's lock still fresh and waits for it to go stale
 LOCK_TIMEOUT = 25.0
-
-
-def rows_by_run(folder):
-    out = {}
-    for d in folder.iterdir():
-        if d.is_dir() and (d / "config.json").exists():
-            cfg = json.loads((d / "config.json").read_text())
-            out[(cfg["label"], cfg["seed"])] = [
-                {k: v for k, v in r.items() if k != "wall_time"}
-                for r in read_rows(d / "metrics.jsonl")]
-    return out
-
-
-def traces(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, write_suite
+from conftest import ROOT, TINY, rows_by_run, traces, write_suite
 
 from alma_bench.cli import main
-from alma_bench.store.files import read_rows
 
 PLUGIN = str(ROOT / "tests" / "plugins" / "cluster.py")
 
@@ -85,21 +84,6 @@ def test_sbatch_options_reach_submitits_script(tmp_path, monkeypatch):
 
 
 # -- with submitit's local executor (slow: each task is a fresh Python process) -------------
-
-def rows_by_run(folder):
-    out = {}
-    for d in folder.iterdir():
-        if d.is_dir() and (d / "config.json").exists():
-            cfg = json.loads((d / "config.json").read_text())
-            out[(cfg["label"], cfg["seed"])] = [
-                {k: v for k, v in r.items() if k != "wall_time"}
-                for r in read_rows(d / "metrics.jsonl")]
-    return out
-
-
-def traces(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
 
 def wait_for(pred, timeout, what):
     deadline = time.time() + timeout
